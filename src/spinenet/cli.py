@@ -1,0 +1,73 @@
+"""``spinenet <command>``: a thin layer over the package's functions (parse, resolve config, call one function)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from spinenet import __version__
+
+DESCRIPTION = """\
+SpineNet + RetinaNet object detection in PyTorch, faithful to Google's reference.
+
+commands:
+  models     list the SpineNet RetinaNet variants (input size, parameters, published COCO AP)
+  convert    turn a TensorFlow Model Garden checkpoint into a spinenet checkpoint (.pt)
+
+Run `spinenet <command> --help` for a command's options.
+"""
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from spinenet.registry import get_model_info, list_models
+
+    rows = [("name", "model_id", "input", "params", "GFLOPs", "COCO AP", "epochs", "config")]
+    for name in list_models():
+        m = get_model_info(name)
+        rows.append((m.name, m.model_id, f"{m.input_size}x{m.input_size}", f"{m.num_params / 1e6:.2f}M",
+                     f"{m.gflops:g}", f"{m.published_ap:.1f}", str(m.epochs), m.config_file))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print("\nparams: trainable parameters at 91 classes; GFLOPs and AP: the reference's MODEL_ZOO.md "
+          "(COCO val2017, swish + stochastic depth recipe).")
+    return 0
+
+
+def add_models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list the model variants",
+                       description="List the SpineNet RetinaNet variants with their metadata.")
+    p.set_defaults(func=cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from spinenet.convert.cli import add_convert_parser
+
+    parser = argparse.ArgumentParser(prog="spinenet", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"spinenet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    add_models_parser(sub)
+    add_convert_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, NotImplementedError) as e:
+        # Errors at the edges already name the file and the fix; a traceback would only bury that.
+        print(f"spinenet {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

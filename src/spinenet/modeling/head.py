@@ -1,0 +1,62 @@
+"""RetinaNet head (``heads.py:RetinanetHead``, spec §3): class and box subnets whose convs are shared across
+levels (with bias) while each level has its own BN."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor, nn
+
+from spinenet.modeling.layers import get_activation
+
+
+class Subnet(nn.Module):
+    """``num_convs`` x (3x3 conv shared over levels -> per-level BN -> act), then a shared 3x3 predictor."""
+
+    def __init__(self, in_ch: int, num_filters: int, num_convs: int, out_ch: int, levels: list[int], *,
+                 activation: str, bn_momentum: float, bn_eps: float, prior_bias: float = 0.0):
+        super().__init__()
+        self.levels = levels
+        self.convs = nn.ModuleList(
+            nn.Conv2d(in_ch if i == 0 else num_filters, num_filters, 3, padding=1) for i in range(num_convs))
+        # norms[str(level)][i]: the BN after conv i at that level (TF names ``class-{i}-{level}``).
+        self.norms = nn.ModuleDict({
+            str(lvl): nn.ModuleList(nn.BatchNorm2d(num_filters, eps=bn_eps, momentum=bn_momentum)
+                                    for _ in range(num_convs)) for lvl in levels})
+        self.act = get_activation(activation)
+        self.predict = nn.Conv2d(num_filters, out_ch, 3, padding=1)
+        for conv in self.convs:
+            nn.init.normal_(conv.weight, std=0.01)
+            nn.init.zeros_(conv.bias)
+        nn.init.normal_(self.predict.weight, std=1e-5)
+        nn.init.constant_(self.predict.bias, prior_bias)
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        for conv, norm in zip(self.convs, self.norms[str(level)], strict=True):
+            x = self.act(norm(conv(x)))
+        return self.predict(x)
+
+
+class RetinaNetHead(nn.Module):
+    """``forward({level: (B, C, H_l, W_l)}) -> (cls {level: (B, A*K, H_l, W_l)}, box {level: (B, A*4, H_l, W_l)})``.
+
+    Class channel ``a*K + c`` (anchor outer, class inner, K includes background 0); box channel ``a*4 + k`` with
+    k in [ty, tx, th, tw], as the reference's reshapes expect.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, num_anchors: int, *, min_level: int = 3,
+                 max_level: int = 7, num_convs: int = 4, num_filters: int = 256, activation: str = "swish",
+                 bn_momentum: float = 0.003, bn_eps: float = 1e-4, prior_prob: float = 0.01):
+        super().__init__()
+        levels = list(range(min_level, max_level + 1))
+        self.num_classes, self.num_anchors = num_classes, num_anchors
+        kw = dict(activation=activation, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        prior_bias = -math.log((1 - prior_prob) / prior_prob)  # -4.59512 for 0.01
+        self.class_net = Subnet(in_channels, num_filters, num_convs, num_classes * num_anchors, levels,
+                                prior_bias=prior_bias, **kw)
+        self.box_net = Subnet(in_channels, num_filters, num_convs, 4 * num_anchors, levels, **kw)
+
+    def forward(self, features: dict[int, Tensor]) -> tuple[dict[int, Tensor], dict[int, Tensor]]:
+        cls_outputs = {lvl: self.class_net(f, lvl) for lvl, f in features.items()}
+        box_outputs = {lvl: self.box_net(f, lvl) for lvl, f in features.items()}
+        return cls_outputs, box_outputs

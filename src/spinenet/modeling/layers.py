@@ -1,0 +1,180 @@
+"""Building blocks shared by the backbone and the head: TF-compatible padding, conv + BN + activation,
+stochastic depth, and the two ResNet block types SpineNet uses.
+
+Two padding conventions exist because the two reference implementations differ (see
+``shared/spec/model-garden-reference.md``):
+
+* ``"tpu"`` (TF1 Cloud TPU code, the default): strided convs pad symmetrically by ``(k-1)//2``
+  (``nn_ops.conv2d_fixed_padding``); stride-1 convs use ``'SAME'``, which is symmetric for odd k.
+* ``"model_garden"`` (TF2): every conv uses Keras ``'same'``, which for stride 2 on an even input
+  pads *less before than after* (7x7/2 at 640: 2 before, 3 after).
+
+Max-pools use TF ``'SAME'`` in both (pad right/bottom first, with -inf).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+CONVENTIONS = ("tpu", "model_garden")
+
+
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown convention {convention!r}; valid: {', '.join(CONVENTIONS)}")
+    return convention
+
+
+def tf_same_pad_amounts(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """(before, after) padding of TF/Keras ``'SAME'`` for one spatial axis."""
+    out = -(-size // stride)  # ceil without floats, so symbolic sizes trace cleanly
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: Tensor, kernel: int, stride: int, value: float = 0.0) -> Tensor:
+    """Pad an NCHW tensor the way TF ``'SAME'`` does (the extra pixel goes bottom/right)."""
+    top, bottom = tf_same_pad_amounts(x.shape[-2], kernel, stride)
+    left, right = tf_same_pad_amounts(x.shape[-1], kernel, stride)
+    if top == bottom == left == right == 0:
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+def get_activation(name: str) -> nn.Module:
+    if name == "swish":
+        return nn.SiLU()
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unknown activation {name!r}; valid: relu, swish")
+
+
+def init_variance_scaling_(weight: Tensor) -> Tensor:
+    """TF ``variance_scaling_initializer()``: fan-in, truncated normal with post-truncation std sqrt(1/fan_in)."""
+    fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
+    # 0.8796... is the std of a unit normal truncated at +-2; TF divides by it so the *result* has std sqrt(1/n).
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class Conv2dTF(nn.Conv2d):
+    """``nn.Conv2d`` with the reference's padding rule for its convention (no bias by default)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
+                 convention: str = "tpu", bias: bool = False):
+        # Symmetric padding is static and free; only Keras 'same' with stride > 1 needs a dynamic pad.
+        self.dynamic_same = check_convention(convention) == "model_garden" and stride > 1
+        padding = 0 if self.dynamic_same else (kernel_size - 1) // 2
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.dynamic_same:
+            x = pad_same(x, self.kernel_size[0], self.stride[0])
+        return super().forward(x)
+
+
+class MaxPoolSame(nn.Module):
+    """Max-pool with TF ``'SAME'`` padding (-inf fill, extra pixel bottom/right)."""
+
+    def __init__(self, kernel_size: int, stride: int):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_same(x, self.kernel_size, self.stride, value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}"
+
+
+class ConvNormAct(nn.Module):
+    """conv -> BN -> optional activation; the unit every SpineNet layer is made of."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *, activation: str | None,
+                 convention: str = "tpu", bn_momentum: float = 0.003, bn_eps: float = 1e-4):
+        super().__init__()
+        self.conv = Conv2dTF(in_ch, out_ch, kernel_size, stride, convention=convention)
+        self.norm = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
+        self.act = get_activation(activation) if activation else nn.Identity()
+        init_variance_scaling_(self.conv.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+
+class DropConnect(nn.Module):
+    """Stochastic depth on a residual branch (``nn_ops.drop_connect``): per-sample keep mask, scaled by 1/keep."""
+
+    def __init__(self, rate: float | None):
+        super().__init__()
+        self.rate = rate if rate and 0.0 < rate < 1.0 else 0.0  # the reference applies it only for 0 < rate < 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.floor(keep + torch.rand(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device))
+        return x / keep * mask
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.4f}"
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4 expansion) residual block; projection shortcut when shapes differ."""
+
+    expansion = 4
+
+    def __init__(self, in_ch: int, filters: int, *, activation: str, drop_rate: float | None = None,
+                 convention: str = "tpu", bn_momentum: float = 0.003, bn_eps: float = 1e-4):
+        super().__init__()
+        out_ch = filters * self.expansion
+        kw = dict(convention=convention, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        self.shortcut = ConvNormAct(in_ch, out_ch, 1, activation=None, **kw) if in_ch != out_ch else None
+        self.conv1 = ConvNormAct(in_ch, filters, 1, activation=activation, **kw)
+        self.conv2 = ConvNormAct(filters, filters, 3, activation=activation, **kw)
+        self.conv3 = ConvNormAct(filters, out_ch, 1, activation=None, **kw)
+        self.drop = DropConnect(drop_rate)
+        self.act = get_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.act(self.drop(self.conv3(self.conv2(self.conv1(x)))) + shortcut)
+
+
+class Residual(nn.Module):
+    """Basic 3x3 -> 3x3 residual block; projection shortcut when shapes differ."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, filters: int, *, activation: str, drop_rate: float | None = None,
+                 convention: str = "tpu", bn_momentum: float = 0.003, bn_eps: float = 1e-4):
+        super().__init__()
+        kw = dict(convention=convention, bn_momentum=bn_momentum, bn_eps=bn_eps)
+        self.shortcut = ConvNormAct(in_ch, filters, 1, activation=None, **kw) if in_ch != filters else None
+        self.conv1 = ConvNormAct(in_ch, filters, 3, activation=activation, **kw)
+        self.conv2 = ConvNormAct(filters, filters, 3, activation=None, **kw)
+        self.drop = DropConnect(drop_rate)
+        self.act = get_activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        return self.act(self.drop(self.conv2(self.conv1(x))) + shortcut)
+
+
+BLOCK_FNS: dict[str, type[Bottleneck] | type[Residual]] = {"bottleneck": Bottleneck, "residual": Residual}
+
+
+class BlockGroup(nn.Sequential):
+    """``block_repeats`` blocks of one type; only the first may project (``nn_blocks.block_group``)."""
+
+    def __init__(self, in_ch: int, filters: int, block_fn: str, repeats: int, **block_kw):
+        cls = BLOCK_FNS[block_fn]
+        blocks = [cls(in_ch if i == 0 else filters * cls.expansion, filters, **block_kw) for i in range(repeats)]
+        super().__init__(*blocks)
+        self.out_channels = filters * cls.expansion
