@@ -143,8 +143,8 @@ def parse_params_override(value: str | os.PathLike | Mapping) -> dict:
     text = value.strip()
     if not text:
         return {}
-    if text.lower().endswith((".yaml", ".yml", ".json")) and "\n" not in text:
-        return load_mapping_file(text)
+    if "\n" not in text and (text.lower().endswith((".yaml", ".yml", ".json")) or os.path.isfile(text)):
+        return load_mapping_file(text)  # like the reference, a string that is no mapping may be a file path
     try:
         data = yaml_load(text)
     except yaml.YAMLError:

@@ -10,6 +10,11 @@ from spinenet.modeling.layers import Conv2dTF, MaxPoolSame, tf_same_pad_amounts
 from spinenet.modeling.spinenet import SpineNet, drop_connect_rate
 
 
+def meta_spinenet(*args, **kw):
+    with torch.device("meta"):
+        return SpineNet(*args, **kw)
+
+
 def count(module):
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -20,15 +25,21 @@ def build(model_id, head_filters, head_convs, **kw):
     return backbone, head
 
 
+def build_meta(model_id, head_filters, head_convs, **kw):
+    """Structure only (no values): parameter counts and layer wiring without paying for initialisation."""
+    with torch.device("meta"):
+        return build(model_id, head_filters, head_convs, **kw)
+
+
 def test_49s_parameter_count_matches_model_garden_exactly():
     # Model Garden (tf-models-official 2.20) builds 11,265,942 trainable = 9,089,215 backbone + 2,176,727 head.
-    backbone, head = build("49S", 128, 4)
+    backbone, head = build_meta("49S", 128, 4)
     assert count(backbone) == 9_089_215
     assert count(head) == 2_176_727
 
 
 def test_49_parameter_count_matches_model_garden_exactly():
-    backbone, head = build("49", 256, 4)
+    backbone, head = build_meta("49", 256, 4)
     assert count(backbone) == 21_831_488
     assert count(backbone) + count(head) == 28_543_383
 
@@ -36,19 +47,19 @@ def test_49_parameter_count_matches_model_garden_exactly():
 @pytest.mark.parametrize("model_id,head_filters,head_convs,expected", [
     ("96", 256, 4, 42.97e6), ("143", 256, 4, 66.96e6), ("190", 512, 7, 163.64e6)])
 def test_larger_variants_parameter_counts_within_0p2_percent(model_id, head_filters, head_convs, expected):
-    backbone, head = build(model_id, head_filters, head_convs)
+    backbone, head = build_meta(model_id, head_filters, head_convs)
     assert abs(count(backbone) + count(head) - expected) / expected < 0.002
 
 
 def test_only_extra_connection_is_feature_11_into_block_12():
     # Spec §2.2: with this block table the one out-degree-0 feature summed into an output block is 11 -> block 12.
-    net = SpineNet("49S")
+    net = meta_spinenet("49S")
     extras = {i: b.extra_inputs for i, b in enumerate(net.blocks) if b.extra_inputs}
     assert extras == {12: (11,)}
 
 
 def test_resample_paths_follow_the_tpu_table():
-    net = SpineNet("49")
+    net = meta_spinenet("49")
     # block 13 (P7) takes f5 (L4) down by 8: 3x3/2 conv then one k5/s4 SAME pool (TF1).
     r = net.blocks[13].resample[0]
     assert r.down is not None and len(r.pools) == 1
@@ -65,7 +76,7 @@ def test_resample_paths_follow_the_tpu_table():
 
 
 def test_49s_alpha_channels():
-    net = SpineNet("49S")
+    net = meta_spinenet("49S")
     # Spec §2.5: 49S L2 bottleneck parent 164 -> 164/4*0.5 = 20.5 -> 20; L3 332 -> 41; L4 664 -> 83; residual 166 -> 83.
     assert net.blocks[0].resample[0].reduce.conv.out_channels == 20
     assert net.blocks[3].resample[1].reduce.conv.out_channels == 41
@@ -74,7 +85,7 @@ def test_49s_alpha_channels():
 
 
 def test_model_garden_downsample_by_8_pools_twice():
-    net = SpineNet("49", convention="model_garden")
+    net = meta_spinenet("49", convention="model_garden")
     r = net.blocks[13].resample[0]
     assert [(p.kernel_size, p.stride) for p in r.pools] == [(3, 2), (3, 2)]
 
@@ -121,7 +132,7 @@ def test_drop_connect_schedule():
     assert drop_connect_rate(0.2, 14, 15, "tpu") == pytest.approx(0.2)
     assert drop_connect_rate(0.2, 14, 15, "model_garden") == pytest.approx(0.2 * 15 / 16)
     assert drop_connect_rate(None, 3, 15, "tpu") is None
-    net = SpineNet("49S", init_drop_connect_rate=0.2)
+    net = meta_spinenet("49S", init_drop_connect_rate=0.2)
     assert net.blocks[4].group[0].drop.rate == pytest.approx(0.2 * 5 / 15)
     assert all(b.drop.rate == 0 for g in net.stem_blocks for b in g)  # the stem has no stochastic depth
 

@@ -58,7 +58,17 @@ def init_variance_scaling_(weight: Tensor) -> Tensor:
     fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
     # 0.8796... is the std of a unit normal truncated at +-2; TF divides by it so the *result* has std sqrt(1/n).
     std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+    # Rejection sampling (redraw values beyond 2 std) is the same distribution as nn.init.trunc_normal_ and
+    # ~10x faster on CPU, which matters when building SpineNet-190 (163 M parameters) in tests.
+    if weight.is_meta:  # shape-only models (parameter counting, structure tests) need no values
+        return weight
+    with torch.no_grad():
+        weight.normal_()
+        outside = weight.abs() > 2
+        while bool(outside.any()):
+            weight[outside] = torch.randn(int(outside.sum()), dtype=weight.dtype, device=weight.device)
+            outside = weight.abs() > 2
+        return weight.mul_(std)
 
 
 class Conv2dTF(nn.Conv2d):
