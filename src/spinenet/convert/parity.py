@@ -85,21 +85,19 @@ def compare_maps(cls_ours: dict[int, torch.Tensor], box_ours: dict[int, torch.Te
 
 
 def compare_detections(ours: dict[str, torch.Tensor], ref: dict[str, np.ndarray], *, box_tol: float = 0.5,
-                       score_tol: float = 1e-4, tie_tol: float = 1e-4) -> list[DetectionDiff]:
+                       score_tol: float = 1e-4, tie_tol: float = 1e-4,
+                       score_threshold: float = 0.05) -> list[DetectionDiff]:
     """Matched-set comparison of padded detection outputs (``detection_{boxes,scores,classes}``)."""
     results = []
+    ours_np = {k: v.numpy() for k, v in ours.items()}
     for i in range(ref["detection_scores"].shape[0]):
-        def valid(d):
-            scores = np.asarray(d["detection_scores"][i], dtype=np.float64)
-            keep = scores > 0
-            return (np.asarray(d["detection_boxes"][i], dtype=np.float64)[keep], scores[keep],
-                    np.asarray(d["detection_classes"][i])[keep].astype(np.int64))
-
-        rb, rs, rc = valid(ref)
-        ob, os_, oc = valid({k: v.numpy() for k, v in ours.items()})
-        # A detection near the cut-off of either side may be swapped for an equally scored one.
-        full = max(len(ref["detection_scores"][i]), 1)
-        cutoff = min(rs.min() if len(rs) == full else 0.0, os_.min() if len(os_) == full else 0.0)
+        rb, rs, rc = _valid_detections(ref, i)
+        ob, os_, oc = _valid_detections(ours_np, i)
+        # A detection near the cut-off (the last kept score when the output is full, else the score
+        # threshold) may be swapped for an equally scored one.
+        full = len(ref["detection_scores"][i])
+        lows = [float(s.min()) for s in (rs, os_) if len(s) == full]
+        cutoff = max(score_threshold, min(lows)) if lows else score_threshold
         used = np.zeros(len(ob), dtype=bool)
         matched = unmatched_ref = skipped = 0
         max_box = max_score = 0.0
@@ -120,3 +118,11 @@ def compare_detections(ours: dict[str, torch.Tensor], ref: dict[str, np.ndarray]
         results.append(DetectionDiff(i, len(rb), len(ob), matched, unmatched_ref, int(leftover.sum()),
                                      skipped, max_box, max_score))
     return results
+
+
+def _valid_detections(d: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes, scores and classes of image ``i`` without the padding (score <= 0)."""
+    scores = np.asarray(d["detection_scores"][i], dtype=np.float64)
+    keep = scores > 0
+    return (np.asarray(d["detection_boxes"][i], dtype=np.float64)[keep], scores[keep],
+            np.asarray(d["detection_classes"][i])[keep].astype(np.int64))
