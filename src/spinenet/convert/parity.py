@@ -126,3 +126,22 @@ def _valid_detections(d: dict[str, np.ndarray], i: int) -> tuple[np.ndarray, np.
     keep = scores > 0
     return (np.asarray(d["detection_boxes"][i], dtype=np.float64)[keep], scores[keep],
             np.asarray(d["detection_classes"][i])[keep].astype(np.int64))
+
+
+def check_against_reference(model: torch.nn.Module, reference: dict[str, np.ndarray]) -> ParityReport:
+    """Run ``model`` (a :class:`~spinenet.modeling.retinanet.RetinaNet`, eval mode) on the reference's
+    normalised input and compare raw maps and detections."""
+    from spinenet.modeling.postprocess import generate_detections
+    from spinenet.modeling.retinanet import default_image_info
+
+    x = torch.from_numpy(np.ascontiguousarray(reference["input_normalized"])).permute(0, 3, 1, 2)  # NHWC->NCHW
+    b, _, h, w = x.shape
+    with torch.no_grad():
+        cls_outputs, box_outputs = model(x)
+        image_info = default_image_info(b, h, w)
+        if "image_shape" in reference:  # the reference clips to this (resized image extent)
+            image_info[:, 1, :] = torch.from_numpy(np.asarray(reference["image_shape"], dtype=np.float32))
+        dets = generate_detections(cls_outputs, box_outputs, model.anchors((h, w)), image_info,
+                                   model.params.postprocess)
+    return ParityReport(compare_maps(cls_outputs, box_outputs, reference),
+                        compare_detections(dets, reference, score_threshold=model.params.postprocess.score_threshold))
