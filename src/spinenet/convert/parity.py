@@ -145,3 +145,32 @@ def check_against_reference(model: torch.nn.Module, reference: dict[str, np.ndar
                                    model.params.postprocess)
     return ParityReport(compare_maps(cls_outputs, box_outputs, reference),
                         compare_detections(dets, reference, score_threshold=model.params.postprocess.score_threshold))
+
+
+def model_for_recording(metadata: dict) -> torch.nn.Module:
+    """The (possibly width-reduced) Model Garden-convention RetinaNet that a recording's metadata describes."""
+    from spinenet.modeling.head import RetinaNetHead
+    from spinenet.modeling.postprocess import PostprocessParams
+    from spinenet.modeling.retinanet import AnchorParams, DetectorParams, RetinaNet
+    from spinenet.modeling.spinenet import Scaling, SpineNet
+
+    norm = metadata["norm_activation"]
+    bn = dict(activation=norm["activation"], bn_momentum=1.0 - norm["norm_momentum"], bn_eps=norm["norm_epsilon"])
+    anchor = metadata["anchor"]
+    gen = metadata["detection_generator"]
+    backbone = SpineNet(str(metadata["model_id"]), scaling=Scaling(**metadata["scaling_map_entry"]),
+                        min_level=metadata["min_level"], max_level=metadata["max_level"],
+                        convention="model_garden", **bn)
+    num_anchors = anchor["num_scales"] * len(anchor["aspect_ratios"])
+    head = RetinaNetHead(backbone.out_channels, metadata["num_classes"], num_anchors,
+                         min_level=metadata["min_level"], max_level=metadata["max_level"],
+                         num_convs=metadata["head_num_convs"], num_filters=metadata["head_num_filters"], **bn)
+    params = DetectorParams(
+        min_level=metadata["min_level"], max_level=metadata["max_level"], convention="model_garden",
+        anchor=AnchorParams(anchor["num_scales"], tuple(anchor["aspect_ratios"]), anchor["anchor_size"]),
+        postprocess=PostprocessParams(max_total_size=gen["max_num_detections"],
+                                      nms_iou_threshold=gen["nms_iou_threshold"],
+                                      score_threshold=gen["pre_nms_score_threshold"],
+                                      pre_nms_num_boxes=gen["pre_nms_top_k"], nms_version=gen["nms_version"],
+                                      convention="model_garden"))
+    return RetinaNet(backbone, head, params).eval()
