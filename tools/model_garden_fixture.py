@@ -11,13 +11,13 @@ statistics from one training-mode pass over other images, and writes into ``--ou
   ``[H, W, A*4]`` yxyx pixels) and the detections of its detection generator
   (``detection_boxes/scores/classes``, ``num_detections``), all from a ``tf.function``
   graph-mode call with ``training=False``;
-* ``variables.json``: ``[name, shape, dtype]`` of every checkpoint entry, the mapping of
+* ``variables.json``: ``[name, shape, dtype, full_name]`` of every checkpoint entry, the mapping of
   ``model/_backbone/layer_with_weights-N`` to semantic SpineNet layers, and metadata.
 
 Runs only with TensorFlow + tf-models-official (not the ``spinenet`` package), e.g.::
 
-    /work/tfvenv/bin/python tools/model_garden_fixture.py --model_id 49S --output out/
-    /work/tfvenv/bin/python tools/model_garden_fixture.py --model_id tiny \\
+    .venv-tf/bin/python tools/model_garden_fixture.py --model_id 49S --output out/
+    .venv-tf/bin/python tools/model_garden_fixture.py --model_id tiny \\
         --image_size 128 --num_images 1 --output tests/fixtures/model_garden_tiny
 """
 
@@ -37,6 +37,7 @@ from official.vision.modeling import factory  # noqa: E402
 from official.vision.modeling.backbones import spinenet as mg_spinenet  # noqa: E402
 from official.vision.ops import anchor as mg_anchor  # noqa: E402
 from official.vision.ops import preprocess_ops  # noqa: E402
+from tensorflow.core.protobuf import trackable_object_graph_pb2  # noqa: E402
 
 # Width-reduced SpineNet for a small CI fixture (injected into Model Garden's SCALING_MAP).
 TINY_SCALING = {"endpoints_num_filters": 16, "filter_size_scale": 0.0625, "resample_alpha": 0.5, "block_repeats": 1}
@@ -314,7 +315,11 @@ def main(argv=None):
     prefix = tf.train.Checkpoint(model=model).write(str(out_dir / "ckpt"))
     reader = tf.train.load_checkpoint(prefix)
     dtypes = reader.get_variable_to_dtype_map()
-    variables = [[n, list(s), dtypes[n].name] for n, s in tf.train.list_variables(prefix)]
+    # Full variable names (``conv2d_5/kernel``) from the checkpoint's object graph: the converter maps by them.
+    graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+        reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    full_names = {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes}
+    variables = [[n, list(s), dtypes[n].name, full_names.get(n, "")] for n, s in tf.train.list_variables(prefix)]
 
     # layer_with_weights-N -> semantic role (the pruned level-2 block's layers are absent).
     role_of = {id(l): r for r, l in roles}

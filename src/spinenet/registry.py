@@ -7,6 +7,7 @@ are trainable parameters at 91 classes as the reference code builds them (§2.8;
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -106,4 +107,6 @@ def _yaml_scalar(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    if isinstance(value, str):
+        return json.dumps(value)  # quoted, so "49" stays a string
     return str(value)

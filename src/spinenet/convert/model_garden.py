@@ -115,6 +115,7 @@ class _Assigner:
         self.param_names = {id(t): n for n, t in self.state.items()}
         self.names = {id(m): n for n, m in model.named_modules()}
         self.out: dict[str, torch.Tensor] = {}
+        self.provenance: dict[str, str] = {}  # our tensor name -> TF layer it came from
         self.source = source
 
     def conv(self, module: nn.Conv2d, kernel: np.ndarray, bias: np.ndarray | None, key: str) -> None:
@@ -137,6 +138,7 @@ class _Assigner:
         if name in self.out:
             raise ConversionError(f"{self.source}: {name} assigned twice (from {key})")
         self.out[name] = torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        self.provenance[name] = key
 
     def finish(self) -> dict[str, torch.Tensor]:
         missing = [k for k in self.state if k not in self.out and not k.endswith("num_batches_tracked")]
@@ -202,8 +204,12 @@ def _conv_name_in_block(names: dict[str, str], block: str, index: int) -> str:
     raise ConversionError(f"block {block} has no _conv{index}")
 
 
-def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Model Garden tensors -> our state dict (strict: every tensor of the model must be covered)."""
+def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Module,
+                provenance: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """Model Garden tensors -> our state dict (strict: every tensor of the model must be covered).
+
+    ``provenance``, if given, is filled with our tensor name -> the TF layer (checkpoint path) it came from.
+    """
     src = str(reader.prefix)
     a = _Assigner(model, src)
     backbone: SpineNet = model.backbone
@@ -255,25 +261,28 @@ def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Mod
     for tf_name, conv in (("_classifier", head.class_net.predict), ("_box_regressor", head.box_net.predict)):
         k = f"{HEAD}{tf_name}/"
         a.conv(conv, reader.get_tensor(k + "kernel" + SUFFIX), reader.get_tensor(k + "bias" + SUFFIX), k)
+    if provenance is not None:
+        provenance.update(a.provenance)
     return a.finish()
 
 
 def build_config(arch: dict, model_id: str, config_file: str | os.PathLike | None,
                  params_override) -> ExperimentConfig:
+    """The variant's YAML (or the user's), the user's override, then what the weights dictate."""
     from importlib import resources
 
     from spinenet.registry import config_path, get_model_info
 
-    dotted = [f"spinenet.model_id={model_id}", f"architecture.num_classes={arch['num_classes']}",
-              "architecture.convention=model_garden",
-              f"retinanet_head.num_filters={arch['head_num_filters']}",
-              f"retinanet_head.num_convs={arch['head_num_convs']}"]
-    overrides = [params_override] if params_override else None
+    from_weights = {
+        "spinenet": {"model_id": model_id},
+        "architecture": {"num_classes": arch["num_classes"], "convention": "model_garden"},
+        "retinanet_head": {"num_filters": arch["head_num_filters"], "num_convs": arch["head_num_convs"]},
+    }
+    overrides = [o for o in (params_override, from_weights) if o]
     if config_file is not None:
-        # The weights decide the architecture; the user's file decides the rest.
-        return load_config(config_file, overrides, dotted)
+        return load_config(config_file, overrides)
     with resources.as_file(config_path(get_model_info(model_id).name)) as path:
-        return load_config(path, overrides, dotted)
+        return load_config(path, overrides)
 
 
 def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLike, *,

@@ -19,7 +19,9 @@ from torch import Tensor
 from spinenet.modeling.box_coder import CONVENTIONS, clip_boxes, decode_boxes
 
 # "v1": TF1 default. "v2": Model Garden's class-aware NMS (ops/nms.py tiled NMS). "batched": TF1's
-# tf.image.combined_non_max_suppression path (dynamic-batch exports).
+# tf.image.combined_non_max_suppression path (dynamic-batch exports), accepted because the config allows it.
+# TODO(batched): taken as v1 without the pre-NMS top-k and with 0-padded scores; not checked against TF's
+# combined NMS kernel (its tie order, and TF1 rescaling boxes by their maximum before calling it).
 NMS_VERSIONS = ("v1", "v2", "batched")
 
 
