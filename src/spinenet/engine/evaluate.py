@@ -1,0 +1,126 @@
+"""COCO box evaluation (reference ``evaluation/coco_evaluator.py``): detections -> COCO results -> pycocotools.
+
+An evaluator follows the reset / process / evaluate protocol, so training-time evaluation, ``spinenet evaluate``
+and the deployment report all read one stream of predictions and print the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+def detections_to_coco(detections: dict[str, torch.Tensor], image_info: torch.Tensor,
+                       image_ids: Iterable[int]) -> list[dict]:
+    """Padded detections (boxes yxyx in resized-input pixels) -> COCO result dicts in original-image pixels.
+
+    As the reference: boxes are divided by ``image_info[:, 2]`` (the resize scale, *not* row 1), converted to
+    ``[x, y, w, h]`` with no +1, and ``category_id`` is the detection class itself.
+    """
+    boxes = detections["detection_boxes"].detach().float().cpu()
+    scores = detections["detection_scores"].detach().float().cpu()
+    classes = detections["detection_classes"].detach().cpu()
+    scale = image_info[:, 2, :].detach().float().cpu()  # (B, 2) y_scale, x_scale
+    out = []
+    for b, image_id in enumerate(image_ids):
+        valid = scores[b] > 0
+        yxyx = boxes[b][valid] / scale[b].repeat(2)  # (n, 4) original pixels
+        for (y0, x0, y1, x1), s, c in zip(yxyx.tolist(), scores[b][valid].tolist(), classes[b][valid].tolist(),
+                                           strict=True):
+            out.append({"image_id": int(image_id), "category_id": int(c), "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": float(s)})
+    return out
+
+
+class CocoEvaluator:
+    """Accumulates COCO results for one ground-truth file and scores them with pycocotools."""
+
+    def __init__(self, annotation_file: str | os.PathLike):
+        from pycocotools.coco import COCO
+
+        self.annotation_file = Path(annotation_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "loading annotations..."
+            self.coco_gt = COCO(str(self.annotation_file))
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict] = []
+        self.image_ids: set[int] = set()
+
+    def process(self, detections: dict[str, torch.Tensor], image_info: torch.Tensor, image_ids: list[int]) -> None:
+        self.results.extend(detections_to_coco(detections, image_info, image_ids))
+        self.image_ids.update(int(i) for i in image_ids)
+
+    def gather(self) -> None:
+        """Merge the results of all ranks (no-op without torch.distributed)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        parts: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, (self.results, sorted(self.image_ids)))
+        self.results = [r for res, _ in parts for r in res]
+        self.image_ids = {i for _, ids in parts for i in ids}
+
+    def write_results(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.results))
+        os.replace(tmp, path)
+        return path
+
+    def evaluate(self, verbose: bool = True) -> dict:
+        """The 12-number summary (AP, AP50, …, ARl) and per-class AP, over the images processed."""
+        from pycocotools.cocoeval import COCOeval
+
+        image_ids = sorted(self.image_ids)
+        if not self.results:
+            stats = dict.fromkeys(STAT_NAMES, 0.0)
+            return {**stats, "per_class_ap": {}, "num_images": len(image_ids), "num_detections": 0}
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            coco_dt = self.coco_gt.loadRes(self.results)
+            ev = COCOeval(self.coco_gt, coco_dt, iouType="bbox")
+            ev.params.imgIds = image_ids
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        if verbose:
+            print(buf.getvalue().split("DONE", 1)[-1].split("\n", 1)[-1].rstrip())
+        stats = {name: float(v) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
+        # precision: [T=10 IoUs, R=101 recalls, K classes, A=4 areas, M=3 max dets]; area all, 100 dets.
+        precision = ev.eval["precision"][:, :, :, 0, -1]
+        per_class = {}
+        for k, cat_id in enumerate(ev.params.catIds):
+            p = precision[:, :, k]
+            valid = p[p > -1]
+            per_class[self.coco_gt.cats[cat_id]["name"]] = float(np.mean(valid)) if valid.size else float("nan")
+        return {**stats, "per_class_ap": per_class, "num_images": len(image_ids),
+                "num_detections": len(self.results)}
+
+
+@torch.no_grad()
+def run_evaluation(model: torch.nn.Module, loader, evaluator: CocoEvaluator, device: torch.device | str = "cpu",
+                   progress: bool = True) -> dict:
+    """Detect over ``loader`` (batches of images, targets, image_info) and score with ``evaluator``."""
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    detector = model.module if hasattr(model, "module") else model
+    for images, targets, image_info in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        images, image_info = images.to(device), image_info.to(device)
+        dets = detector.detect(images, image_info)
+        evaluator.process(dets, image_info, [t["image_id"] for t in targets])
+    evaluator.gather()
+    model.train(was_training)
+    return evaluator.evaluate(verbose=progress)
