@@ -14,6 +14,9 @@ SpineNet + RetinaNet object detection in PyTorch, faithful to Google's reference
 commands:
   models     list the SpineNet RetinaNet variants (input size, parameters, published COCO AP)
   convert    turn a TensorFlow Model Garden checkpoint into a spinenet checkpoint (.pt)
+  synth      write a synthetic COCO-format dataset (for tests, benchmarks and the demo)
+  train      train with the reference recipe on COCO-format data (CPU, GPU, torchrun)
+  evaluate   COCO mAP of a checkpoint on COCO-format data
 
 Run `spinenet <command> --help` for a command's options.
 """
@@ -45,6 +48,8 @@ def add_models_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from spinenet.convert.cli import add_convert_parser
+    from spinenet.data.cli import add_synth_parser
+    from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
     parser = argparse.ArgumentParser(prog="spinenet", description=DESCRIPTION,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     add_models_parser(sub)
     add_convert_parser(sub)
+    add_synth_parser(sub)
+    add_train_parser(sub)
+    add_evaluate_parser(sub)
     return parser
 
 

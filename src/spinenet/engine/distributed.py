@@ -59,13 +59,13 @@ def shutdown_distributed() -> None:
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - the legacy global RNG is what third-party code draws from
     torch.manual_seed(seed)
 
 
 def rng_state() -> dict:
     """Every RNG a training step touches, for exact resumption."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    name, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
     # plain Python values, so that training checkpoints still load with weights_only=True
     state = {"python": list(random.getstate()), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
              "torch": torch.get_rng_state()}
@@ -78,7 +78,7 @@ def set_rng_state(state: dict) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

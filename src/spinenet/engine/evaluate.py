@@ -118,9 +118,48 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator: CocoEvaluator, dev
     evaluator.reset()
     detector = model.module if hasattr(model, "module") else model
     for images, targets, image_info in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        if not targets:  # every image of the batch was unreadable (counted by the dataset)
+            continue
         images, image_info = images.to(device), image_info.to(device)
         dets = detector.detect(images, image_info)
         evaluator.process(dets, image_info, [t["image_id"] for t in targets])
     evaluator.gather()
     model.train(was_training)
     return evaluator.evaluate(verbose=progress)
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str], *, output: str | None = None,
+                        batch_size: int = 8, device: str | None = "auto", num_workers: int = 2,
+                        progress: bool = True) -> dict:
+    """``spinenet evaluate``: COCO metrics of a checkpoint; writes ``results.json`` and ``metrics.json``."""
+    from spinenet.engine.checkpoint import load_model
+    from spinenet.engine.data import build_eval_loader
+    from spinenet.engine.distributed import init_distributed
+
+    dist_info = init_distributed(device)
+    model, ckpt = load_model(checkpoint, map_location=dist_info.device)
+    from spinenet.engine.checkpoint import checkpoint_config
+
+    cfg = checkpoint_config(ckpt, str(checkpoint))
+    loader = build_eval_loader(cfg, val_data, batch_size, dist_info, num_workers)
+    evaluator = CocoEvaluator(val_data[0])
+    metrics = run_evaluation(model, loader, evaluator, dist_info.device, progress=progress)
+    if dist_info.is_main:
+        out = Path(output) if output else Path(checkpoint).with_suffix("").parent / f"eval_{Path(checkpoint).stem}"
+        evaluator.write_results(out / "results.json")
+        tmp = out / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=1))
+        os.replace(tmp, out / "metrics.json")
+        print(format_per_class(metrics["per_class_ap"]))
+        report = loader.dataset.report()
+        if "skip" in report or "x " in report:
+            print(report)
+        print(f"COCO results: {out / 'results.json'}; metrics: {out / 'metrics.json'}")
+    return metrics
+
+
+def format_per_class(per_class: dict[str, float]) -> str:
+    width = max((len(n) for n in per_class), default=5)
+    lines = [f"{'class'.ljust(width)}  AP"]
+    lines += [f"{name.ljust(width)}  {ap:.4f}" for name, ap in per_class.items()]
+    return "\n".join(lines)

@@ -1,0 +1,252 @@
+"""The reference training recipe as a short, explicit loop (spec §1.2, §4, §5).
+
+One optimisation step = ``accum_steps`` micro-batches per rank; the global batch is
+``train.train_batch_size`` = micro-batch x accum_steps x world size. Per step: label anchors (in the data
+workers), forward (bf16 autocast on GPU, fp32 on CPU), focal + Huber loss normalised by the local
+positives + 1, L2 on conv kernels inside the loss, backward, global-norm clipping, SGD momentum with the
+reference's warm-up + step schedule. Checkpoints are self-describing and atomic; ``--resume`` restores
+weights, optimiser, step, RNG states and the position in the data.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spinenet.config import ExperimentConfig
+from spinenet.engine.checkpoint import load_state_dict_strict, make_checkpoint, read_checkpoint, save_checkpoint
+from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader
+from spinenet.engine.distributed import DistInfo, init_distributed, rng_state, seed_everything, set_rng_state
+from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
+from spinenet.engine.schedule import build_schedule
+from spinenet.modeling.factory import build_retinanet
+from spinenet.modeling.losses import LossParams, l2_regularization, retinanet_loss
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainOptions:
+    model_dir: Path
+    train_data: tuple[str, str]  # (instances JSON, image folder)
+    val_data: tuple[str, str] | None = None
+    device: str | None = None  # auto: CUDA if available
+    num_workers: int = 2
+    accum_steps: int = 1
+    eval_every: int = 0  # steps; 0 = only at the end
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    resume: bool = False
+    init_checkpoint: str | None = None
+    channels_last: bool = False
+    precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    seed: int = 0
+    deterministic: bool = False
+    max_steps: int | None = None  # stop early (the schedule still follows train.total_steps)
+    log_every: int = 10
+    progress: bool = True
+    tensorboard: bool = True
+    extra_metadata: dict = field(default_factory=dict)
+
+
+def _autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _checkpoints(model_dir: Path) -> list[Path]:
+    return sorted(model_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+
+
+def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
+    """Train ``cfg`` on ``opts.train_data``; returns the final summary (steps, losses, metrics, paths)."""
+    from spinenet.registry import get_model_info
+
+    dist_info = init_distributed(opts.device)
+    device = dist_info.device
+    seed_everything(opts.seed + dist_info.rank)
+    if opts.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+    model_dir = Path(opts.model_dir)
+    if dist_info.is_main:
+        model_dir.mkdir(parents=True, exist_ok=True)
+
+    model = build_retinanet(cfg)
+    if opts.init_checkpoint:
+        load_state_dict_strict(model, read_checkpoint(opts.init_checkpoint)["model"], opts.init_checkpoint)
+    if dist_info.distributed and cfg.batch_norm_activation.use_sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if opts.channels_last:
+        model.to(memory_format=torch.channels_last)
+    detector = model
+    if dist_info.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    optimizer = torch.optim.SGD(detector.parameters(), lr=0.0, momentum=cfg.train.optimizer.momentum)
+    if cfg.train.optimizer.type != "momentum":
+        raise ValueError(f"train.optimizer.type {cfg.train.optimizer.type!r} is not supported; valid: momentum")
+    schedule = build_schedule(cfg)
+    step, position, best = 0, DataPosition(), None
+    existing = _checkpoints(model_dir)
+    if existing and not opts.resume:
+        raise ValueError(f"{model_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
+                         "that run or choose another --model_dir")
+    if opts.resume and existing:
+        ckpt = read_checkpoint(existing[-1])
+        load_state_dict_strict(detector, ckpt["model"], str(existing[-1]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, position, best = ckpt["step"], DataPosition(**ckpt["data_position"]), ckpt.get("best_metric")
+        set_rng_state(ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)])
+        if dist_info.is_main:
+            print(f"resumed from {existing[-1]} at step {step}")
+
+    world, accum = dist_info.world_size, opts.accum_steps
+    global_batch = cfg.train.train_batch_size
+    if global_batch % (world * accum):
+        raise ValueError(f"train.train_batch_size {global_batch} is not divisible by world size {world} x "
+                         f"accum_steps {accum}")
+    micro = global_batch // (world * accum)
+    anchors = detector.anchors(tuple(cfg.retinanet_parser.output_size))
+    loader = build_train_loader(cfg, opts.train_data, micro, anchors, dist_info, opts.seed, opts.num_workers,
+                                position, device.type == "cuda")
+    evaluator = eval_loader = None
+    if opts.val_data is not None:
+        evaluator = CocoEvaluator(opts.val_data[0])
+        eval_loader = build_eval_loader(cfg, opts.val_data, cfg.eval.eval_batch_size, dist_info, opts.num_workers)
+
+    writer = _summary_writer(model_dir) if (opts.tensorboard and dist_info.is_main) else None
+    loss_params = LossParams(cfg.retinanet_loss.focal_loss_alpha, cfg.retinanet_loss.focal_loss_gamma,
+                             cfg.retinanet_loss.huber_loss_delta, cfg.retinanet_loss.box_loss_weight)
+    last_step = min(cfg.train.total_steps, opts.max_steps or cfg.train.total_steps)
+    variant = get_model_info(cfg.spinenet.model_id).name
+    label_map = loader.dataset.label_map()
+
+    def save(final: bool = False, metrics: dict | None = None) -> Path | None:
+        nonlocal best
+        states = [None] * world
+        if dist_info.distributed:
+            torch.distributed.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        if not dist_info.is_main:
+            return None
+        extra = {"step": step, "optimizer": optimizer.state_dict(), "rng": states,
+                 "data_position": vars(loader.position(step_in_run=step)), "best_metric": best,
+                 "metrics": metrics or {}, **opts.extra_metadata}
+        ckpt = make_checkpoint(detector, cfg, variant=variant, label_map=label_map, extra=extra)
+        path = save_checkpoint(ckpt, model_dir / f"ckpt-{step}.pt")
+        if metrics and (best is None or metrics["AP"] > best):
+            best = metrics["AP"]
+            ckpt["best_metric"] = best
+            save_checkpoint(ckpt, model_dir / "best.pt")
+        for old in _checkpoints(model_dir)[:-opts.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=last_step, initial=step, desc="train", disable=not (opts.progress and dist_info.is_main),
+               dynamic_ncols=True)
+    model.train()
+    batches = iter(loader)
+    t_last, images_seen, metrics = time.perf_counter(), 0, {}
+    summary: dict = {}
+    while step < last_step:
+        lr = schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        parts = {"total_loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0, "l2_loss": 0.0}
+        for _ in range(accum):
+            images, cls_t, box_t, npos = next(batches)
+            images = images.to(device, non_blocking=True)
+            if opts.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, opts.precision):
+                cls_out, box_out = model(images)
+            losses = retinanet_loss(cls_out, box_out, cls_t.to(device), box_t.to(device), npos.to(device),
+                                    loss_params, detector.num_classes)
+            l2 = l2_regularization(detector, cfg.train.l2_weight_decay)
+            total = losses["total_loss"] + l2
+            if not _all_finite(total, dist_info):
+                bar.close()
+                raise NonFiniteLossError(
+                    f"non-finite loss at step {step}: total {total.item():.4g}, cls {losses['cls_loss'].item():.4g}, "
+                    f"box {losses['box_loss'].item():.4g}, l2 {l2.item():.4g}. Training stopped; the last good "
+                    f"checkpoint is {(_checkpoints(model_dir) or ['(none)'])[-1]}. Lower the learning rate or "
+                    "check the data.")
+            (total / accum).backward()
+            images_seen += images.shape[0] * world
+            for k, v in (("total_loss", total), ("cls_loss", losses["cls_loss"]), ("box_loss", losses["box_loss"]),
+                         ("l2_loss", l2)):
+                parts[k] += float(v.detach()) / accum
+        if cfg.train.gradient_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(detector.parameters(), cfg.train.gradient_clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        if step % opts.log_every == 0 or step == last_step:
+            now = time.perf_counter()
+            ips = images_seen / max(now - t_last, 1e-9)
+            t_last, images_seen = now, 0
+            bar.set_postfix(loss=f"{parts['total_loss']:.3f}", cls=f"{parts['cls_loss']:.3f}",
+                            box=f"{parts['box_loss']:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.1f}")
+            if writer is not None:
+                for k, v in parts.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/learning_rate", lr, step)
+                writer.add_scalar("train/images_per_second", ips, step)
+        summary = {"step": step, **parts, "learning_rate": lr}
+        do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
+        if do_eval:
+            metrics = run_evaluation(model, eval_loader, evaluator, device,
+                                     progress=opts.progress and dist_info.is_main)
+            if writer is not None:
+                for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
+                    writer.add_scalar(f"eval/{k}", metrics[k], step)
+        if do_eval or step == last_step or step % opts.checkpoint_every == 0:
+            save(final=step == last_step, metrics=metrics if do_eval else None)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    summary.update(metrics={k: v for k, v in metrics.items() if k != "per_class_ap"},
+                   checkpoint=str(_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
+                   skipped=loader.dataset.report())
+    if dist_info.is_main:
+        _print_summary(summary)
+    return summary
+
+
+def _all_finite(x: torch.Tensor, dist_info: DistInfo) -> bool:
+    flag = torch.tensor([float(torch.isfinite(x.detach()).all())], device=x.device)
+    if dist_info.distributed:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)  # every rank stops together
+    return bool(flag.item() > 0)
+
+
+def _summary_writer(model_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: scalars are a convenience, not a requirement
+        return None
+    return SummaryWriter(str(model_dir / "tensorboard"))
+
+
+def _print_summary(summary: dict) -> None:
+    m = summary.get("metrics") or {}
+    line = (f"done: step {summary['step']}, loss {summary['total_loss']:.4f} (cls {summary['cls_loss']:.4f}, "
+            f"box {summary['box_loss']:.5f}, l2 {summary['l2_loss']:.4f})")
+    if m:
+        line += f"; COCO AP {m['AP']:.4f}, AP50 {m['AP50']:.4f}"
+    print(line)
+    if summary.get("skipped"):
+        print(summary["skipped"])
+    print(f"last checkpoint: {summary['checkpoint']}")
+
