@@ -104,8 +104,10 @@ def build_train_loader(cfg, data: tuple[str, str], micro_batch: int, anchors: to
                                     position.batches_consumed)
     p = cfg.retinanet_parser
     collate = TrainCollate(anchors, LabelerParams(p.match_threshold, p.unmatched_threshold))
+    # Its own generator: creating the loader's iterator must not draw from the global RNG (stochastic depth).
     loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
-                        pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))
     return TrainLoader(dataset, loader, position.batches_consumed)
 
 

@@ -66,13 +66,21 @@ def _checkpoints(model_dir: Path) -> list[Path]:
 
 def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     """Train ``cfg`` on ``opts.train_data``; returns the final summary (steps, losses, metrics, paths)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        if opts.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=False)
+        return _train(cfg, opts)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     from spinenet.registry import get_model_info
 
     dist_info = init_distributed(opts.device)
     device = dist_info.device
     seed_everything(opts.seed + dist_info.rank)
-    if opts.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
     model_dir = Path(opts.model_dir)
     if dist_info.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +101,7 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     if cfg.train.optimizer.type != "momentum":
         raise ValueError(f"train.optimizer.type {cfg.train.optimizer.type!r} is not supported; valid: momentum")
     schedule = build_schedule(cfg)
-    step, position, best = 0, DataPosition(), None
+    step, position, best, resume_rng = 0, DataPosition(), None, None
     existing = _checkpoints(model_dir)
     if existing and not opts.resume:
         raise ValueError(f"{model_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
@@ -103,7 +111,7 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
         load_state_dict_strict(detector, ckpt["model"], str(existing[-1]))
         optimizer.load_state_dict(ckpt["optimizer"])
         step, position, best = ckpt["step"], DataPosition(**ckpt["data_position"]), ckpt.get("best_metric")
-        set_rng_state(ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)])
+        resume_rng = ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)]
         if dist_info.is_main:
             print(f"resumed from {existing[-1]} at step {step}")
 
@@ -156,6 +164,8 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
                dynamic_ncols=True)
     model.train()
     batches = iter(loader)
+    if resume_rng is not None:  # last, so that nothing between here and the first step draws from it
+        set_rng_state(resume_rng)
     t_last, images_seen, metrics = time.perf_counter(), 0, {}
     summary: dict = {}
     while step < last_step:
