@@ -72,12 +72,13 @@ class TrainCollate:
         self.anchors, self.params = anchors.cpu(), params
 
     def __call__(self, batch: Sequence):
+        skipped = sum(item is None for item in batch)  # unreadable images: counted here, logged by the dataset
         out = collate_detection(batch)
         if out is None:
-            return None
+            return None, skipped
         images, targets, _ = out
         cls_t, box_t, npos = label_batch([(t["boxes"], t["classes"]) for t in targets], self.anchors, self.params)
-        return images, cls_t, box_t, npos
+        return (images, cls_t, box_t, npos), skipped
 
 
 class TrainLoader:
@@ -86,10 +87,12 @@ class TrainLoader:
     def __init__(self, dataset: CocoDetection, loader: DataLoader, start_batch: int):
         self.dataset, self.loader, self.start_batch = dataset, loader, start_batch
         self.consumed = start_batch
+        self.skipped_images = 0  # in this process's run (worker processes keep their own dataset copies)
 
     def __iter__(self):
-        for batch in self.loader:
+        for batch, skipped in self.loader:
             self.consumed += 1
+            self.skipped_images += skipped
             if batch is not None:
                 yield batch
 

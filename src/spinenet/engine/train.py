@@ -88,7 +88,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     model = build_retinanet(cfg)
     if opts.init_checkpoint:
         load_state_dict_strict(model, read_checkpoint(opts.init_checkpoint)["model"], opts.init_checkpoint)
-    if dist_info.distributed and cfg.batch_norm_activation.use_sync_bn:
+    if _use_sync_bn(cfg, dist_info):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if opts.channels_last:
@@ -226,12 +226,47 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     bar.close()
     if writer is not None:
         writer.close()
+    report = loader.dataset.report()
+    if loader.skipped_images:
+        report += (f"\n  {loader.skipped_images} unreadable image loads skipped during training on this rank "
+                   "(missing or corrupt files; each is named in a warning above)")
     summary.update(metrics={k: v for k, v in metrics.items() if k != "per_class_ap"},
                    checkpoint=str(_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
-                   skipped=loader.dataset.report())
+                   skipped=report, weights_digest=_weights_digest(detector, dist_info))
     if dist_info.is_main:
         _print_summary(summary)
     return summary
+
+
+def _use_sync_bn(cfg: ExperimentConfig, dist_info: DistInfo) -> bool:
+    """The reference's ``nn_ops.BatchNormalization`` with ``max_shards_for_local=8``: per-replica statistics up
+    to 8 replicas, cross-replica beyond. PyTorch's SyncBatchNorm needs CUDA; on CPU statistics stay local."""
+    return (cfg.batch_norm_activation.use_sync_bn and dist_info.world_size > 8
+            and dist_info.device.type == "cuda")
+
+
+def _weights_digest(model: nn.Module, dist_info: DistInfo) -> str:
+    """SHA-256 of all weights and buffers; under DDP every rank's digest must agree (checked here).
+
+    BN running statistics are per-rank (local BN, as the reference up to 8 replicas) and DDP only syncs them at
+    the start of each forward, so rank 0's — the ones its checkpoints hold — are broadcast first.
+    """
+    import hashlib
+
+    if dist_info.distributed:
+        for buf in model.buffers():
+            torch.distributed.broadcast(buf, src=0)
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    digest = h.hexdigest()
+    if dist_info.distributed:
+        digests: list = [None] * dist_info.world_size
+        torch.distributed.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks ended with different weights: {digests}")
+    return digest
 
 
 def _all_finite(x: torch.Tensor, dist_info: DistInfo) -> bool:
@@ -258,5 +293,5 @@ def _print_summary(summary: dict) -> None:
     print(line)
     if summary.get("skipped"):
         print(summary["skipped"])
-    print(f"last checkpoint: {summary['checkpoint']}")
+    print(f"last checkpoint: {summary['checkpoint']}; weights sha256 {summary['weights_digest'][:16]}")
 
