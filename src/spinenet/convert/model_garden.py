@@ -269,9 +269,7 @@ def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Mod
 def build_config(arch: dict, model_id: str, config_file: str | os.PathLike | None,
                  params_override) -> ExperimentConfig:
     """The variant's YAML (or the user's), the user's override, then what the weights dictate."""
-    from importlib import resources
-
-    from spinenet.registry import config_path, get_model_info
+    from spinenet.registry import get_config, get_model_info
 
     from_weights = {
         "spinenet": {"model_id": model_id},
@@ -279,10 +277,9 @@ def build_config(arch: dict, model_id: str, config_file: str | os.PathLike | Non
         "retinanet_head": {"num_filters": arch["head_num_filters"], "num_convs": arch["head_num_convs"]},
     }
     overrides = [o for o in (params_override, from_weights) if o]
-    if config_file is not None:
+    if config_file is not None:  # the weights decide the architecture; the user's file decides the rest
         return load_config(config_file, overrides)
-    with resources.as_file(config_path(get_model_info(model_id).name)) as path:
-        return load_config(path, overrides)
+    return get_config(get_model_info(model_id).name, params_override=overrides)
 
 
 def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLike, *,

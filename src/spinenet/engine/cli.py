@@ -31,13 +31,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _resolve_config(args: argparse.Namespace):
     from spinenet.config import load_config
-    from spinenet.registry import config_path
+    from spinenet.registry import get_config
 
     if args.config_file is None:
-        from importlib import resources
-
-        with resources.as_file(config_path("retinanet_spinenet49s")) as path:
-            return load_config(path, args.params_override, args.overrides)
+        return get_config("retinanet_spinenet49s", params_override=args.params_override, overrides=args.overrides)
     return load_config(args.config_file, args.params_override, args.overrides)
 
 

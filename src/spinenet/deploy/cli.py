@@ -1,0 +1,109 @@
+"""``spinenet export``: a spinenet checkpoint -> ONNX with the seed's frozen-graph signature (freeze_graph.py flags)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+EXPORT_EPILOG = """\
+examples:
+  spinenet export --checkpoint spinenet49s.pt --output export/            (-> export/retinanet_spinenet49s.onnx)
+  spinenet export --checkpointpath=model.pt --output=model.onnx --model=retinanet \\
+      --input_image_size=640,640 --batch_size=1 --opset=13
+  spinenet export --checkpoint model.pt --output raw.onnx --postprocess none --input_type raw_image_tensor
+
+The graph takes Placeholder: uint8 [B, H, W, 3] NHWC RGB (normalisation inside the graph) and returns
+NumDetections, DetectionBoxes, DetectionClasses, DetectionScores, ImageInfo, like the seed's
+spinenet_tf_310.pb; then e.g.  atc --framework=5 --model=model.onnx --input_shape="Placeholder:1,640,640,3"
+--config_file / --params_override apply over the checkpoint's own config (post-processing thresholds etc.).
+"""
+
+
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (the seed's freeze_graph step)",
+                       description="Export a spinenet checkpoint to a static ONNX graph with the seed's "
+                                   "input (Placeholder) and five outputs, for ONNX Runtime and Huawei ATC.",
+                       epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", "--checkpointpath", dest="checkpoint", required=True,
+                   help="spinenet checkpoint (.pt) from `spinenet convert` or `spinenet train`")
+    p.add_argument("--output", required=True,
+                   help="output .onnx file, or a folder (then <folder>/<variant>.onnx)")
+    p.add_argument("--config_file", default=None, help="reference-format YAML applied over the checkpoint's config")
+    p.add_argument("--params_override", default=None, help="YAML/JSON string or file applied after --config_file")
+    p.add_argument("--batch_size", type=int, default=1, help="static batch size of the graph (default 1)")
+    p.add_argument("--input_image_size", type=_image_size, default=(640, 640),
+                   help="H,W of the graph input, multiples of 128 (default 640,640)")
+    p.add_argument("--opset", type=int, default=13, help="ONNX opset, 11-13 (default 13: ATC in CANN 5.x/6.x)")
+    p.add_argument("--input_type", default="image_tensor", choices=["image_tensor", "raw_image_tensor"],
+                   help="image_tensor: uint8 NHWC RGB; raw_image_tensor: float32 NHWC already normalised")
+    p.add_argument("--postprocess", default="v1", choices=["v1", "none"],
+                   help="v1: the reference's detections; none: raw head maps cls_3..7, box_3..7")
+    p.add_argument("--pre_nms_topk", type=int, default=None,
+                   help="candidate window of the static NMS (default 2000; see spinenet.deploy.postprocess_export)")
+    p.add_argument("--model", default="retinanet", choices=["retinanet"], help="accepted for seed compatibility")
+    p.set_defaults(func=run_export)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2:
+        raise argparse.ArgumentTypeError(f"expected H,W such as 640,640, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def resolve_output_path(output: str | Path, variant: str) -> Path:
+    """``output`` itself if it names an .onnx file, else ``output/<variant>.onnx``."""
+    output = Path(output)
+    if output.suffix.lower() == ".onnx" and not output.is_dir():
+        return output
+    return output / f"{variant}.onnx"
+
+
+def load_for_export(checkpoint: str | Path, config_file: str | None = None, params_override: str | None = None):
+    """``(model, ckpt)`` from a checkpoint, with ``config_file`` then ``params_override`` merged over its config."""
+    from spinenet.engine.checkpoint import load_model
+
+    if config_file is None and params_override is None:
+        return load_model(checkpoint)
+    from spinenet.config import config_from_dict
+    from spinenet.config_io import load_mapping_file, merge_dicts, parse_params_override
+    from spinenet.engine.checkpoint import load_state_dict_strict, read_checkpoint
+    from spinenet.modeling.factory import build_retinanet
+
+    ckpt = read_checkpoint(checkpoint)
+    cfg = ckpt["config"]
+    if config_file is not None:
+        cfg = merge_dicts(cfg, load_mapping_file(config_file))
+    if params_override is not None:
+        cfg = merge_dicts(cfg, parse_params_override(params_override))
+    model = build_retinanet(config_from_dict(cfg))
+    load_state_dict_strict(model, ckpt["model"], str(checkpoint))
+    return model.eval(), ckpt
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import time
+
+    from spinenet.deploy.export import export_onnx
+    from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK
+
+    model, ckpt = load_for_export(args.checkpoint, args.config_file, args.params_override)
+    variant = str(ckpt.get("variant") or "spinenet")
+    path = resolve_output_path(args.output, variant)
+    start = time.perf_counter()
+    export_onnx(model, path, batch_size=args.batch_size, image_size=args.input_image_size, opset=args.opset,
+                input_type=args.input_type, postprocess=args.postprocess,
+                pre_nms_topk=args.pre_nms_topk or DEFAULT_PRE_NMS_TOPK,
+                metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name})
+    h, w = args.input_image_size
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s): "
+          f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
+          f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
+          f"postprocess {args.postprocess}")
+    return 0

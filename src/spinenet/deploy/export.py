@@ -1,0 +1,185 @@
+"""ONNX export with the seed's frozen-graph signature (deployment contract §1.3-§1.4, reference spec §5.4).
+
+Input ``Placeholder``: uint8 ``[B, H, W, 3]`` NHWC RGB (``image_tensor``) or float32 already normalised
+(``raw_image_tensor``). Outputs, in the order ATC's ``--out_nodes`` and msame's indices expect:
+``NumDetections`` int32 [B], ``DetectionBoxes`` float32 [B, 100, 4] (ymin, xmin, ymax, xmax in input pixels),
+``DetectionClasses`` int32 [B, 100], ``DetectionScores`` float32 [B, 100] (padding -1), ``ImageInfo`` float32
+[B, 4, 2]. With ``postprocess="none"`` the outputs are the raw head maps ``cls_3..cls_7``, ``box_3..box_7``
+(NCHW, as :class:`~spinenet.modeling.retinanet.RetinaNet` returns them).
+
+The graph is static (fixed batch and size), opset 9-13 operators only, with no ``NonZero``: what ATC in
+CANN 5.x/6.x accepts.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+
+from spinenet.deploy.onnx_graph import annotate_loop_shapes, check_exported_model, fold_integer_constants
+from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
+from spinenet.modeling.retinanet import RetinaNet, default_image_info
+
+INPUT_TYPES = ("image_tensor", "raw_image_tensor")
+POSTPROCESS = ("v1", "none")
+INPUT_NAME = "Placeholder"  # the seed's unnamed tf.placeholder; ATC's --input_shape="Placeholder:1,640,640,3"
+DETECTION_OUTPUTS = ("NumDetections", "DetectionBoxes", "DetectionClasses", "DetectionScores", "ImageInfo")
+# preprocess_ops / input_utils.normalize_image: ImageNet mean and std of RGB in [0, 1].
+MEAN_RGB = (0.485, 0.456, 0.406)
+STDDEV_RGB = (0.229, 0.224, 0.225)
+
+
+def raw_output_names(min_level: int, max_level: int) -> tuple[str, ...]:
+    """Output names of a ``postprocess="none"`` export: ``cls_3..cls_7`` then ``box_3..box_7``."""
+    levels = range(min_level, max_level + 1)
+    return tuple(f"cls_{lvl}" for lvl in levels) + tuple(f"box_{lvl}" for lvl in levels)
+
+
+class ExportWrapper(nn.Module):
+    """The deployed graph: preprocessing + RetinaNet + static-shape post-processing.
+
+    ``forward(images)`` takes ``images`` (B, H, W, 3) NHWC RGB: uint8 for ``image_tensor``, normalised float32
+    for ``raw_image_tensor``; (H, W) = ``image_size``, B = ``batch_size``. The reference resizes and pads
+    inside its graph; at the fixed export size that is the identity, and image_info is the constant
+    ``[[H, W], [H, W], [1, 1], [0, 0]]``. Returns the five detection outputs (``postprocess="v1"``) or the ten
+    raw maps (``"none"``), in :data:`DETECTION_OUTPUTS` / :func:`raw_output_names` order.
+    """
+
+    def __init__(self, model: RetinaNet, *, batch_size: int = 1, image_size: tuple[int, int] = (640, 640),
+                 input_type: str = "image_tensor", postprocess: str = "v1",
+                 pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK):
+        super().__init__()
+        if input_type not in INPUT_TYPES:
+            raise ValueError(f"input_type {input_type!r} is not supported; valid: {', '.join(INPUT_TYPES)} "
+                             "(image_bytes and tf_example need a JPEG decoder in the graph, which ONNX lacks)")
+        if postprocess not in POSTPROCESS:
+            raise ValueError(f"postprocess {postprocess!r} is unknown; valid: {', '.join(POSTPROCESS)}")
+        h, w = (int(s) for s in image_size)
+        if h % 128 or w % 128 or batch_size < 1:
+            raise ValueError(f"image_size {h}x{w} must be multiples of 128 (2^max_level) and batch_size "
+                             f"({batch_size}) >= 1")
+        self.model = model.eval()
+        self.batch_size, self.image_size = int(batch_size), (h, w)
+        self.input_type, self.postprocess, self.pre_nms_topk = input_type, postprocess, pre_nms_topk
+        self.levels = list(range(model.params.min_level, model.params.max_level + 1))
+        self.register_buffer("anchors", model.anchors((h, w)).clone(), persistent=False)  # (N, 4)
+        self.register_buffer("image_info", default_image_info(batch_size, h, w), persistent=False)  # (B, 4, 2)
+        self.register_buffer("mean", torch.tensor(MEAN_RGB, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(STDDEV_RGB, dtype=torch.float32), persistent=False)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if self.postprocess == "none":
+            return raw_output_names(self.levels[0], self.levels[-1])
+        return DETECTION_OUTPUTS
+
+    def example_input(self) -> Tensor:
+        """A zero input of the exported shape and dtype."""
+        dtype = torch.uint8 if self.input_type == "image_tensor" else torch.float32
+        return torch.zeros(self.batch_size, *self.image_size, 3, dtype=dtype)
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """(B, H, W, 3) NHWC -> normalised (B, 3, H, W) float32, as the reference's ``normalize_image``."""
+        x = images
+        if self.input_type == "image_tensor":
+            # tf.image.convert_image_dtype(uint8 -> float32) multiplies by float32(1/255) (not a division),
+            # then normalize_image subtracts the mean and divides by the std, in that order.
+            x = x.to(torch.float32) * (1.0 / 255.0)
+            x = (x - self.mean) / self.std
+        return x.permute(0, 3, 1, 2)  # (B, 3, H, W)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        expected = (self.batch_size, *self.image_size, 3)
+        if tuple(images.shape) != expected:
+            raise ValueError(f"{INPUT_NAME} must have shape {expected} (B, H, W, 3), got {tuple(images.shape)}")
+        cls_outputs, box_outputs = self.model(self.preprocess(images))
+        if self.postprocess == "none":
+            return tuple(cls_outputs[lvl] for lvl in self.levels) + tuple(box_outputs[lvl] for lvl in self.levels)
+        dets = generate_detections_export(cls_outputs, box_outputs, self.anchors, self.image_info,
+                                          self.model.params.postprocess, self.pre_nms_topk)
+        return (dets["num_detections"], dets["detection_boxes"], dets["detection_classes"],
+                dets["detection_scores"], _computed_copy(self.image_info))
+
+
+def _computed_copy(x: Tensor) -> Tensor:
+    """``x`` through an operator, so the graph output ``ImageInfo`` is a node's output and not a bare
+    initializer (which some converters, ATC among them, can't bind to an output node). Numerically the identity."""
+    return torch.maximum(x, x)
+
+
+def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
+                image_size: tuple[int, int] = (640, 640), opset: int = 13, input_type: str = "image_tensor",
+                postprocess: str = "v1", *, pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK,
+                metadata: dict[str, str] | None = None) -> Path:
+    """Export ``model`` to ONNX at ``path`` (written atomically) and check the result; returns the path.
+
+    The checks (:func:`~spinenet.deploy.onnx_graph.check_exported_model`): ``onnx.checker`` (full), strict
+    shape inference, every graph input/output/value_info shape static, no ``NonZero`` anywhere (subgraphs
+    included), and the requested opset.
+    """
+    if not 11 <= opset <= 13:
+        # 11: TopK's lower-index tie rule and Clip with tensor bounds; 13: the newest ATC in CANN 5/6 takes.
+        raise ValueError(f"opset {opset} is not supported; valid: 11, 12, 13")
+    wrapper = ExportWrapper(model, batch_size=batch_size, image_size=image_size, input_type=input_type,
+                            postprocess=postprocess, pre_nms_topk=pre_nms_topk).eval()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        _torch_export(wrapper, tmp, opset)
+        proto = onnx.load(tmp)
+        fold_integer_constants(proto)
+        annotate_loop_shapes(proto)
+        meta = {"spinenet.input_type": input_type, "spinenet.postprocess": postprocess,
+                "spinenet.image_size": f"{wrapper.image_size[0]},{wrapper.image_size[1]}",
+                "spinenet.batch_size": str(batch_size), "spinenet.pre_nms_topk": str(pre_nms_topk),
+                "spinenet.num_classes": str(model.num_classes), **(metadata or {})}
+        onnx.helper.set_model_props(proto, meta)
+        # Keep the inferred types: the exporter declares some outputs with symbolic dims (e.g. the batch of
+        # NumDetections), which inference resolves to the static ones; tools reading the file see those.
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
+        check_exported_model(proto, opset)
+        onnx.save(proto, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _torch_export(wrapper: ExportWrapper, path: str, opset: int) -> None:
+    """``torch.onnx.export`` with the TorchScript exporter (``dynamo=False``): at opset 13 it writes a clean
+    static graph, and it turns the scripted NMS loop into one ONNX Loop.
+
+    ``training=PRESERVE`` (the model is in eval mode): EVAL would run the exporter's eval peephole pass,
+    which folds BatchNorm into the preceding Conv and so changes the numerics slightly.
+    """
+    with warnings.catch_warnings():
+        # The exporter warns about every Python int and bool read off a tensor; at a fixed shape they are meant.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        # PRESERVE is chosen on purpose (see above); the model is in eval mode, so folding touches no parameter.
+        warnings.filterwarnings("ignore", message=".*constant folding be turned off.*")
+        # The Slices it can't fold (F.pad's pad list) are folded by fold_integer_constants afterwards.
+        warnings.filterwarnings("ignore", message=".*Only steps=1 can be constant folded.*")
+        with torch.no_grad():
+            torch.onnx.export(wrapper, (wrapper.example_input(),), path, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=list(wrapper.output_names),
+                              training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=True,
+                              export_params=True)

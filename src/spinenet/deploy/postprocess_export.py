@@ -1,0 +1,225 @@
+"""Export-friendly detection generator: the detections of
+:func:`~spinenet.modeling.postprocess.generate_detections` with static shapes, no ``NonZero`` and no
+data-dependent shapes (ONNX opset 11-13, ATC in CANN 5.x/6.x).
+
+Formulation. The reference runs greedy NMS per class, then keeps the top ``max_total_size`` of the union by
+score. Greedy NMS per class, listed by score, equals one greedy pass over *all* candidates in descending
+global score order in which a candidate is suppressed only by earlier **kept** candidates **of its own
+class**: each class's pass sees the same boxes in the same order and the other classes never interact. The
+reference's top ``max_total_size`` is then the first ``max_total_size`` kept in that order. So:
+
+1. scores (B, C, N) class-major -> flat (B, C*N); TopK ``pre_nms_topk`` (ties: lower class, then lower anchor
+   first, which is the reference's order);
+2. gather and decode only those boxes, clip them to image_info row 1;
+3. a (k, k) "would suppress" matrix: same class, earlier in the order, IoU over the threshold;
+4. the greedy keep vector, exactly, by a fixed-point iteration that ends when every candidate is decided
+   (:func:`_greedy_keep`; at most k rounds, a handful in practice);
+5. TopK on a position key picks the first ``max_total_size`` kept; empty slots are padded.
+
+The only approximation is the window: the output equals the reference's whenever at least
+``max_total_size`` candidates are kept inside the top ``pre_nms_topk`` (or no candidate outside it scores
+above the threshold). The per-class caps of the reference (``pre_nms_num_boxes`` per class, ``max_total_size``
+kept per class) never bind inside the window: a candidate's rank in its class is at most its global rank, and
+a class's 101st kept box comes after 100 kept boxes overall.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+from torch import Tensor
+
+from spinenet.modeling.box_coder import clip_boxes, decode_boxes
+from spinenet.modeling.postprocess import PostprocessParams, _check_maps, _pairwise_iou
+
+DEFAULT_PRE_NMS_TOPK = 2000
+
+
+def window_size(num_scores: int, params: PostprocessParams, pre_nms_topk: int) -> int:
+    """The candidate window k actually used: ``pre_nms_topk`` capped by the number of (anchor, class) scores and,
+    for v1/v2, by the reference's per-class ``pre_nms_num_boxes`` (a wider window could admit a box that the
+    reference's per-class top-k drops)."""
+    if pre_nms_topk < params.max_total_size:
+        raise ValueError(f"pre_nms_topk ({pre_nms_topk}) must be at least max_total_size ({params.max_total_size})")
+    k = min(pre_nms_topk, num_scores)
+    if params.nms_version != "batched":  # 'batched' (combined NMS) has no per-class pre-NMS top-k
+        k = min(k, params.pre_nms_num_boxes)
+    return k
+
+
+def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict[int, Tensor], anchors: Tensor,
+                               image_info: Tensor, params: PostprocessParams | None = None,
+                               pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK) -> dict[str, Tensor]:
+    """Static-shape twin of :func:`~spinenet.modeling.postprocess.generate_detections` (same arguments and outputs).
+
+    ``cls_outputs[l]``: (B, A*K, H_l, W_l), ``box_outputs[l]``: (B, A*4, H_l, W_l); ``anchors``: (N, 4) yxyx;
+    ``image_info``: (B, 4, 2), boxes are clipped to row 1. Returns ``num_detections`` int32 (B,),
+    ``detection_boxes`` float32 (B, M, 4), ``detection_classes`` int32 (B, M) (1..K-1),
+    ``detection_scores`` float32 (B, M), M = ``params.max_total_size``; empty slots hold zero boxes and
+    classes and score -1 ("v1") or 0 ("v2", "batched").
+    """
+    params = params or PostprocessParams()
+    first = min(box_outputs)
+    num_anchors = box_outputs[first].shape[1] // 4
+    num_classes = cls_outputs[first].shape[1] // num_anchors
+    levels = _check_maps(cls_outputs, box_outputs, num_classes)
+    batch = cls_outputs[first].shape[0]
+    # (B, C, N) class-major scores, background dropped: flat index c*N + n, so TopK's lower-index-first tie
+    # rule orders equal scores by class, then anchor, as the reference's per-class concatenation does.
+    scores = torch.cat([_class_major(cls_outputs[lvl], num_anchors, num_classes) for lvl in levels], dim=2)
+    num_boxes = scores.shape[2]
+    if anchors.shape[0] != num_boxes:
+        raise ValueError(f"{anchors.shape[0]} anchors for {num_boxes} head outputs: the anchors were built for "
+                         "another image size or anchor configuration")
+    scores = scores.float()  # TF runs the post-processing in float32 whatever the model's dtype
+    if params.apply_sigmoid:
+        scores = torch.sigmoid(scores)
+    k = window_size(scores.shape[1] * num_boxes, params, pre_nms_topk)
+    top_scores, top_index = _topk_lowest_index_first(scores.reshape(batch, -1), k)  # (B, k) each
+    top_class = top_index // num_boxes  # (B, k) 0..C-1
+    top_anchor = top_index - top_class * num_boxes  # (B, k) 0..N-1
+
+    # Decode only the k candidates: decoding is elementwise, so this is bit-identical to decoding all N.
+    deltas = torch.cat([_anchor_major(box_outputs[lvl], 4) for lvl in levels], dim=1).float()  # (B, N, 4)
+    deltas = _gather_rows(deltas, top_anchor)  # (B, k, 4)
+    boxes = decode_boxes(deltas, anchors.to(deltas)[top_anchor], params.convention)  # (B, k, 4)
+    boxes = clip_boxes(boxes, image_info[:, None, 1, :], params.convention)  # image_info row 1: (B, 1, 2)
+
+    # Strictly above, as TF's NMS; a Python float against a float32 tensor compares in float32 (as the reference).
+    valid = top_scores > params.score_threshold  # (B, k)
+    if params.nms_version == "v2":
+        # Model Garden's tiled NMS never selects all-zero boxes (boxes clipped away to the corner).
+        valid = valid & (boxes > 0).any(dim=-1)
+    suppress = _suppression_matrix(boxes, top_class, params)  # (B, k, k)
+    kept = _greedy_keep(valid.unsqueeze(1), suppress).reshape(valid.shape)  # (B, k) bool
+
+    # The first max_total_size kept candidates, in order: TopK on a key that falls with the position.
+    slots = min(params.max_total_size, k)
+    position_key = torch.arange(k, 0, -1, dtype=torch.float32)  # k..1: exact in float32 for k < 2^24
+    slot_key, slot = torch.topk(torch.where(kept, position_key, torch.zeros_like(position_key)), slots, dim=1)
+    filled = slot_key > 0  # (B, slots)
+    pad_score = -1.0 if params.nms_version == "v1" else 0.0
+    out_scores = torch.where(filled, torch.gather(top_scores, 1, slot), torch.full_like(slot_key, pad_score))
+    out_boxes = _gather_rows(boxes, slot)  # (B, slots, 4)
+    out_boxes = torch.where(filled.unsqueeze(-1), out_boxes, torch.zeros_like(out_boxes))
+    out_classes = torch.where(filled, torch.gather(top_class, 1, slot) + 1, torch.zeros_like(slot))  # COCO ids
+    if slots < params.max_total_size:  # fewer scores than output slots (tiny models): pad with empty slots
+        extra = params.max_total_size - slots
+        out_scores = torch.cat([out_scores, torch.full((batch, extra), pad_score)], dim=1)
+        out_boxes = torch.cat([out_boxes, torch.zeros(batch, extra, 4)], dim=1)
+        out_classes = torch.cat([out_classes, torch.zeros(batch, extra, dtype=out_classes.dtype)], dim=1)
+    return {
+        "num_detections": (out_scores > pad_score).to(torch.int32).sum(dim=1, dtype=torch.int32),
+        "detection_boxes": out_boxes,
+        "detection_classes": out_classes.to(torch.int32),
+        "detection_scores": out_scores,
+    }
+
+
+def _class_major(logits: Tensor, num_anchors: int, num_classes: int) -> Tensor:
+    """(B, A*K, H, W), channel a*K + c -> (B, K-1, H*W*A): class-major, anchor order (y, x, a), background dropped."""
+    b, _, h, w = logits.shape
+    x = logits.reshape(b, num_anchors, num_classes, h, w).permute(0, 2, 3, 4, 1)  # (B, K, H, W, A)
+    return x.reshape(b, num_classes, h * w * num_anchors)[:, 1:]
+
+
+def _anchor_major(x: Tensor, per_anchor: int) -> Tensor:
+    """(B, A*P, H, W) -> (B, H*W*A, P), the anchor order of :class:`~spinenet.modeling.anchors.Anchors`."""
+    b, _, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, -1, per_anchor)
+
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b, i], :]`` for boxes: (B, N, 4) and (B, k) -> (B, k, 4).
+
+    The index is widened to (B, k, 4) by adding a constant (1, 1, 4) zero tensor, not with ``expand`` or
+    ``repeat``: traced, those become an Expand whose target shape is computed in the graph
+    (Shape/Where/ConstantOfShape), which ONNX shape inference can't resolve, so every tensor downstream would
+    lose its static shape.
+    """
+    index = index.unsqueeze(-1) + torch.zeros(1, 1, 4, dtype=index.dtype)  # (B, k, 4) by broadcasting
+    return torch.gather(x, 1, index)
+
+
+def _topk_lowest_index_first(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` of ``scores`` (B, M) along dim 1, sorted descending, equal values in ascending index order.
+
+    ONNX TopK guarantees that tie rule (opset 11+: "the element with the lower index will appear first"), so
+    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager mode re-sorts the k
+    winners: by index, then a stable sort by value. (Which of several values tied exactly at the k-th place
+    gets in may still differ; that only matters when the window is too small anyway.)
+    """
+    values, index = torch.topk(scores, k, dim=1)
+    if torch.onnx.is_in_onnx_export():
+        return values, index
+    index = torch.sort(index, dim=1).values
+    values = torch.gather(scores, 1, index)
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices
+    return torch.gather(values, 1, order), torch.gather(index, 1, order)
+
+
+def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParams) -> Tensor:
+    """(B, k, k) float 0/1: entry [j, i] = 1 when candidate j, earlier in the order, suppresses i if kept.
+
+    Same class, j < i, and IoU over the threshold: strictly above for v1 and batched (TF's NMS kernel:
+    ``similarity > iou_threshold``), at or above with Model Garden's union epsilon for v2 — exactly the
+    comparisons of the eager reference's ``_grouped_greedy_nms``. IoU is symmetric bit for bit (only
+    commutative float operations), so computing it once for all pairs is exact.
+    """
+    k = boxes.shape[1]
+    model_garden = params.nms_version == "v2"
+    iou = _pairwise_iou(boxes.unsqueeze(2), boxes.unsqueeze(1), 1e-8 if model_garden else 0.0)  # (B, k, k)
+    overlap = iou >= params.nms_iou_threshold if model_garden else iou > params.nms_iou_threshold
+    same_class = classes.unsqueeze(2) == classes.unsqueeze(1)  # (B, k, k)
+    order = torch.arange(k)
+    earlier = order.unsqueeze(1) < order.unsqueeze(0)  # (k, k) strictly upper triangular; torch.triu needs opset 14
+    return (overlap & same_class & earlier).to(torch.float32)
+
+
+def _greedy_keep(valid: Tensor, suppress: Tensor) -> Tensor:
+    """Exact greedy NMS keep vector (B, 1, k) bool for candidates in priority order.
+
+    ``valid`` (B, 1, k) bool: candidates that take part; ``suppress`` (B, k, k) float 0/1, [j, i] = 1 when j < i
+    and a kept j suppresses i. Greedy NMS keeps i iff i is valid and no kept j suppresses it. Each round
+    decides, in parallel: i is *dropped* once a kept j suppresses it; i is *kept* once no kept j suppresses
+    it and no still-undecided j could. Both rules read only decided candidates, which are right by
+    induction, so every decision is greedy's; and the first undecided candidate always gets decided (all its
+    predecessors are), so the loop ends within k rounds: in practice within the length of the longest chain
+    of overlapping same-class boxes. Exact greedy NMS, not "Fast NMS".
+
+    While tracing for ONNX the same loop runs as a scripted function (:func:`_scripted_greedy_keep`).
+    """
+    if torch.jit.is_tracing():
+        return _scripted_greedy_keep()(valid, suppress)
+    return _greedy_keep_rounds(valid, suppress)
+
+
+def _greedy_keep_rounds(valid: Tensor, suppress: Tensor) -> Tensor:
+    kept = torch.zeros_like(valid)
+    undecided = valid
+    while bool(undecided.any()):
+        # (B, 1, k) @ (B, k, k): sums of 0/1 below 2^24 are exact in float32.
+        by_kept = torch.matmul(kept.to(suppress.dtype), suppress) > 0.0
+        by_undecided = torch.matmul(undecided.to(suppress.dtype), suppress) > 0.0
+        kept = kept | (undecided & ~by_kept & ~by_undecided)
+        undecided = undecided & ~by_kept & by_undecided
+    return kept
+
+
+@functools.cache
+def _scripted_greedy_keep() -> torch.jit.ScriptFunction:
+    """:func:`_greedy_keep_rounds` compiled with ``torch.jit.script``.
+
+    Tracing would unroll the loop for the example's round count; scripted, ``torch.onnx.export`` writes the
+    data-dependent round count as one ONNX ``Loop`` with a condition. The state is (B, 1, k), reshaped by the
+    traced caller, so the body is MatMul and logic only: a Slice/Gather/Squeeze in a scripted body takes its
+    arguments from outside the body (or becomes an If on the rank), which ONNX shape inference can't read.
+    Scripted lazily, and with torch's deprecation warning for ``torch.jit.script`` silenced: the TorchScript
+    exporter is the one that writes this graph cleanly at opset 13.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(_greedy_keep_rounds)
