@@ -29,8 +29,8 @@ def recipe(image_size: int, steps: int, batch: int) -> dict:
         "architecture": {"num_classes": 6},  # 5 shapes, ids 1..5 used directly (+ background 0)
         "retinanet_parser": {"output_size": [image_size, image_size], "aug_scale_min": 0.8, "aug_scale_max": 1.25},
         "train": {"train_batch_size": batch, "total_steps": steps,
-                  "learning_rate": {"warmup_steps": warmup, "warmup_learning_rate": 0.004,
-                                    "init_learning_rate": 0.04, "learning_rate_levels": [0.004, 0.0004],
+                  "learning_rate": {"warmup_steps": warmup, "warmup_learning_rate": 0.003,
+                                    "init_learning_rate": 0.03, "learning_rate_levels": [0.003, 0.0003],
                                     "learning_rate_steps": [int(steps * 0.8), int(steps * 0.93)]}},
         "eval": {"eval_batch_size": 16},
     }
@@ -42,9 +42,9 @@ def main() -> int:
     p.add_argument("--image_size", type=int, default=128)
     p.add_argument("--num_train", type=int, default=2000)
     p.add_argument("--num_val", type=int, default=200)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--eval_every", type=int, default=250)
+    p.add_argument("--eval_every", type=int, default=500)
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min_object", type=float, default=0.15, help="smallest object side, fraction of the image")
