@@ -17,6 +17,7 @@ commands:
   synth      write a synthetic COCO-format dataset (for tests, benchmarks and the demo)
   train      train with the reference recipe on COCO-format data (CPU, GPU, torchrun)
   evaluate   COCO mAP of a checkpoint on COCO-format data
+  export     checkpoint -> ONNX with the seed's frozen-graph contract (freeze_graph.py's flags)
 
 Run `spinenet <command> --help` for a command's options.
 """
@@ -49,6 +50,7 @@ def add_models_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from spinenet.convert.cli import add_convert_parser
     from spinenet.data.cli import add_synth_parser
+    from spinenet.deploy.cli import add_export_parser
     from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
     parser = argparse.ArgumentParser(prog="spinenet", description=DESCRIPTION,
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_synth_parser(sub)
     add_train_parser(sub)
     add_evaluate_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -74,8 +74,16 @@ def _evaluate_exact(node: onnx.NodeProto, consts: dict[str, np.ndarray], opset: 
     if (not inputs or not all(i in consts for i in inputs) or node.domain not in ("", "ai.onnx")
             or any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute)):
         return None
+    feeds = {i: consts[i] for i in inputs}
+    # A one-node model, so the evaluator takes the operator version of the model's opset (given a bare
+    # node it uses the newest, e.g. Unsqueeze-13 with axes as an input, which breaks opset 11/12 graphs).
+    graph = onnx.helper.make_graph(
+        [node], "fold", [onnx.helper.make_tensor_value_info(i, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None)
+                         for i, v in feeds.items()],
+        [onnx.helper.make_value_info(o, onnx.TypeProto()) for o in node.output if o])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     try:
-        values = ReferenceEvaluator(node, opsets={"": opset}).run(None, {i: consts[i] for i in inputs})
+        values = ReferenceEvaluator(model).run(None, feeds)
     except Exception:  # an op the reference evaluator lacks: leave it to the runtime
         return None
     if not all(np.asarray(v).dtype.kind in _EXACT_KINDS for v in values):
