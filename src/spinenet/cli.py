@@ -18,6 +18,8 @@ commands:
   train      train with the reference recipe on COCO-format data (CPU, GPU, torchrun)
   evaluate   COCO mAP of a checkpoint on COCO-format data
   export     checkpoint -> ONNX with the seed's frozen-graph contract (freeze_graph.py's flags)
+  image2bin  images -> letterboxed .bin inputs + manifest (image2bin.py's flags)
+  infer      msame-compatible batch inference on ONNX Runtime / OpenVINO / PyTorch (msame's flags)
 
 Run `spinenet <command> --help` for a command's options.
 """
@@ -50,7 +52,7 @@ def add_models_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from spinenet.convert.cli import add_convert_parser
     from spinenet.data.cli import add_synth_parser
-    from spinenet.deploy.cli import add_export_parser
+    from spinenet.deploy.cli import add_export_parser, add_image2bin_parser, add_infer_parser
     from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
     parser = argparse.ArgumentParser(prog="spinenet", description=DESCRIPTION,
@@ -63,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_evaluate_parser(sub)
     add_export_parser(sub)
+    add_image2bin_parser(sub)
+    add_infer_parser(sub)
     return parser
 
 

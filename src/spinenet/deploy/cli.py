@@ -107,3 +107,57 @@ def run_export(args: argparse.Namespace) -> int:
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
           f"postprocess {args.postprocess}")
     return 0
+
+
+def add_image2bin_parser(sub) -> None:
+    p = sub.add_parser("image2bin", help="images -> msame .bin inputs (letterboxed) + manifest.json",
+                       description="Decode images, resize them keeping the aspect ratio into the model input, pad "
+                                   "bottom/right, and write NNNNN.bin (uint8 NHWC) in sorted order with a manifest.",
+                       epilog="example: spinenet image2bin --image_file_pattern '/tmp/imagedata/*.jpeg' "
+                              "--output_dir /tmp/bindata/")
+    p.add_argument("--image_file_pattern", required=True, help="glob of images (quote it), sorted")
+    p.add_argument("--output_dir", required=True, help="folder for the .bin files and manifest.json")
+    p.add_argument("--image_size", default="640", help="model input: N or H,W (default 640)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the NNNNN.bin files and manifest.json of a non-empty --output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_image2bin)
+
+
+def run_image2bin(args: argparse.Namespace) -> int:
+    from spinenet.deploy.image2bin import image2bin
+
+    result = image2bin(args.image_file_pattern, args.output_dir, args.image_size, overwrite=args.overwrite,
+                       progress=not args.quiet)
+    print(result.summary())
+    return 0
+
+
+def add_infer_parser(sub) -> None:
+    p = sub.add_parser("infer", help="msame-compatible batch inference over .bin files",
+                       description="Run an exported model over a folder of .bin inputs the way msame does: outputs "
+                                   "in <output>/<YYYYmmdd_HHMMSS>/<name>_output_<k>.txt|bin, msame's timing lines, "
+                                   "and summary.json.",
+                       epilog="example: spinenet infer --model spinenet_tf_310.onnx --input data/ --output out/ "
+                              "--outfmt TXT")
+    p.add_argument("--model", required=True, help=".onnx (onnxruntime, openvino) or spinenet .pt (torch)")
+    p.add_argument("--input", required=True, help="folder of .bin files, or one .bin")
+    p.add_argument("--output", required=True, help="output root; a timestamped run folder is created inside")
+    p.add_argument("--outfmt", default="TXT", help="TXT, or anything else for raw BIN (as msame)")
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--loop", type=int, default=1, help="repeat a single-file input N times (1..100)")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="OpenVINO inference precision (its CPU default is bf16 where supported)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_infer)
+
+
+def run_infer(args: argparse.Namespace) -> int:
+    from spinenet.deploy.infer import run_inference
+
+    result = run_inference(args.model, args.input, args.output, outfmt=args.outfmt, backend=args.backend,
+                           device=args.device, loop=args.loop, threads=args.threads, precision=args.precision,
+                           progress=not args.quiet)
+    return 0 if result.files else 1

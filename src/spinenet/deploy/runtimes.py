@@ -60,3 +60,92 @@ class OnnxRuntimeSession:
                              "with --input_image_size / --batch_size")
         outputs = self.session.run(self.output_names, {self.input_name: np.ascontiguousarray(images)})
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+class TorchSession:
+    """The same interface over a spinenet checkpoint run eagerly in PyTorch (the exported graph's wrapper)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 batch_size: int = 1, image_size: tuple[int, int] | None = None):
+        import torch
+
+        from spinenet.deploy.export import ExportWrapper
+        from spinenet.engine.checkpoint import load_model
+
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        model, ckpt = load_model(path, map_location=device)
+        size = image_size or tuple(ckpt["config"]["retinanet_parser"]["output_size"])
+        self.wrapper = ExportWrapper(model, batch_size=batch_size, image_size=size).to(device).eval()
+        self.path, self.device = Path(path), device
+        self.input_name = "Placeholder"
+        self.input_shape = (batch_size, size[0], size[1], 3)
+        self.input_dtype = np.dtype(np.uint8)
+        self.output_names = list(self.wrapper.output_names)
+        self.metadata = {"spinenet.variant": ckpt.get("variant", "")}
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        images = np.asarray(images)
+        if tuple(images.shape) != self.input_shape or images.dtype != self.input_dtype:
+            raise ValueError(f"{self.path.name} expects {self.input_name} of shape {self.input_shape} uint8, got "
+                             f"{tuple(images.shape)} {images.dtype}")
+        with torch.no_grad():
+            outs = self.wrapper(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+        return {n: o.cpu().numpy() for n, o in zip(self.output_names, outs, strict=True)}
+
+
+class OpenVinoSession:
+    """OpenVINO over an exported ONNX (CPU). ``precision``: "fp32" or "bf16" (OpenVINO's CPU default where the CPU
+    has bf16 units — numbers are only comparable when the precision is stated)."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
+                 precision: str = "fp32"):
+        try:
+            import openvino as ov
+        except ImportError as e:
+            raise ValueError("the openvino backend needs the openvino package: pip install openvino") from e
+        if device != "cpu":
+            raise ValueError("the openvino backend runs on the CPU here; use --device cpu")
+        config = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = str(threads)
+        core = ov.Core()
+        self.path, self.device, self.precision = Path(path), device, precision
+        self.compiled = core.compile_model(str(path), "CPU", config)
+        port = self.compiled.inputs[0]
+        self.input_name = port.get_any_name()
+        self.input_shape = tuple(port.get_shape())
+        self.input_dtype = np.dtype(np.uint8 if port.get_element_type().to_dtype() == np.uint8 else np.float32)
+        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
+        self.metadata = {}
+
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        images = np.asarray(images)
+        if tuple(images.shape) != self.input_shape or images.dtype != self.input_dtype:
+            raise ValueError(f"{self.path.name} expects {self.input_name} of shape {self.input_shape} "
+                             f"{self.input_dtype}, got {tuple(images.shape)} {images.dtype}")
+        result = self.compiled(np.ascontiguousarray(images))
+        return {name: np.asarray(result[port]) for name, port in zip(self.output_names, self.compiled.outputs,
+                                                                       strict=True)}
+
+
+BACKENDS = ("onnxruntime", "openvino", "torch")
+
+
+def open_session(model: str | os.PathLike, backend: str = "onnxruntime", device: str = "cpu",
+                 threads: int | None = None, precision: str = "fp32"):
+    """A session for ``model`` (.onnx for onnxruntime/openvino, a spinenet .pt checkpoint for torch)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is unknown; valid: {', '.join(BACKENDS)}")
+    suffix = Path(model).suffix
+    if backend == "torch" and suffix == ".onnx":
+        raise ValueError(f"--backend torch runs a spinenet checkpoint (.pt), not {model}; use --backend onnxruntime")
+    if backend != "torch" and suffix == ".pt":
+        raise ValueError(f"{model} is a PyTorch checkpoint: export it first (`spinenet export`) or use --backend torch")
+    if backend == "onnxruntime":
+        return OnnxRuntimeSession(model, device, threads)
+    if backend == "openvino":
+        return OpenVinoSession(model, device, threads, precision)
+    return TorchSession(model, device, threads)
