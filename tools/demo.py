@@ -2,10 +2,12 @@
 
 1. the detector this project trained on its own synthetic shapes (`demo/shapes49s_fp16.pt`, made by the
    command stored inside it) evaluated on freshly generated held-out images with `spinenet evaluate`;
-2. the five variants and their metadata (`spinenet models`);
-3. a real TensorFlow Model Garden checkpoint (committed under tests/fixtures, written by tf-models-official)
+2. the seed's deployment chain with this project's commands: export -> image2bin -> infer -> report, whose
+   mAP of the deployed ONNX model is printed beside `spinenet evaluate`'s;
+3. the five variants and their metadata (`spinenet models`);
+4. a real TensorFlow Model Garden checkpoint (committed under tests/fixtures, written by tf-models-official)
    read without TensorFlow, mapped onto our model, and checked against TensorFlow's own recorded outputs;
-4. SpineNet-49S RetinaNet at 640x640 on this CPU: build, forward, post-process, timed.
+5. SpineNet-49S RetinaNet at 640x640 on this CPU: build, forward, post-process, timed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,39 @@ def trained_detector() -> float | None:
     return metrics["AP"]
 
 
+def deployment_chain() -> None:
+    """The seed's chain with this project's commands: export -> image2bin -> infer -> report (+ mAP)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if not DEMO_CKPT.exists():
+        return
+    data, chain = WORK / "data", WORK / "chain"
+    shutil.rmtree(chain, ignore_errors=True)
+    size = str(HELD_OUT["image_size"])
+    steps = [
+        ["export", "--checkpoint", str(DEMO_CKPT), "--output", str(chain / "model.onnx"),
+         "--input_image_size", f"{size},{size}"],
+        ["image2bin", "--image_file_pattern", str(data / "val" / "*.jpg"), "--output_dir", str(chain / "bins"),
+         "--image_size", size, "--quiet"],
+        ["infer", "--model", str(chain / "model.onnx"), "--input", str(chain / "bins"), "--output",
+         str(chain / "out"), "--outfmt", "TXT", "--quiet"],
+        ["report", "--output", str(chain / "out"), "--label_map_file", str(data / "labels.csv"), "--output_html",
+         str(chain / "report.html"), "--image_file_pattern", str(data / "val" / "*.jpg"), "--manifest",
+         str(chain / "bins" / "manifest.json"), "--annotations", str(data / "annotations" / "instances_val.json")],
+    ]
+    for args in steps:
+        print("+ spinenet " + " ".join(args), flush=True)
+        r = subprocess.run([sys.executable, "-m", "spinenet.cli", *args], capture_output=True, text=True)
+        lines = [ln for ln in r.stdout.splitlines() if not ln.startswith("Inference time:")]
+        print("\n".join(lines[-14:]))
+        if r.returncode != 0:
+            print(r.stderr[-2000:])
+            raise SystemExit(f"spinenet {args[0]} failed")
+    print(f"HTML report: {chain / 'report.html'}")
+
+
 def section(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)))
 
@@ -70,10 +105,13 @@ def main() -> int:
     section("1. the detector trained on synthetic shapes, evaluated on held-out images")
     trained_detector()
 
-    section("2. the variants (spinenet models)")
+    section("2. the deployment chain: export -> image2bin -> infer -> report, with the deployed model's mAP")
+    deployment_chain()
+
+    section("3. the variants (spinenet models)")
     cli(["models"])
 
-    section("3. a TensorFlow Model Garden checkpoint, converted and checked against TensorFlow's outputs")
+    section("4. a TensorFlow Model Garden checkpoint, converted and checked against TensorFlow's outputs")
     meta = json.loads((TINY / "variables.json").read_text())["metadata"]
     reader = TFCheckpointReader(TINY / "ckpt")
     model = model_for_recording(meta)
@@ -86,7 +124,7 @@ def main() -> int:
     print(f"max |Δ| of raw maps vs TensorFlow: {report.max_map_diff:.2e}; detections agree: "
           f"{report.detections_agree} -> {verdict}")
 
-    section("4. SpineNet-49S RetinaNet, 640x640, this CPU (random weights, fp32)")
+    section("5. SpineNet-49S RetinaNet, 640x640, this CPU (random weights, fp32)")
     t0 = time.perf_counter()
     net = create_model("retinanet_spinenet49s").eval()
     print(f"built in {time.perf_counter() - t0:.1f} s: "
