@@ -20,6 +20,7 @@ commands:
   export     checkpoint -> ONNX with the seed's frozen-graph contract (freeze_graph.py's flags)
   image2bin  images -> letterboxed .bin inputs + manifest (image2bin.py's flags)
   infer      msame-compatible batch inference on ONNX Runtime / OpenVINO / PyTorch (msame's flags)
+  report     msame outputs -> one HTML page of detections (+ COCO mAP with --annotations)
 
 Run `spinenet <command> --help` for a command's options.
 """
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from spinenet.convert.cli import add_convert_parser
     from spinenet.data.cli import add_synth_parser
     from spinenet.deploy.cli import add_export_parser, add_image2bin_parser, add_infer_parser
+    from spinenet.deploy.report_cli import add_report_parser
     from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
     parser = argparse.ArgumentParser(prog="spinenet", description=DESCRIPTION,
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(sub)
     add_image2bin_parser(sub)
     add_infer_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -1,0 +1,475 @@
+"""``spinenet report``: an msame output folder -> one self-contained HTML page (+ COCO mAP with annotations).
+
+The seed's ``test_spinenet_om_data.py`` (deployment-contract.md §1.7) matched image i of the glob to
+``{i:05d}_output_<k>``, divided the boxes by ImageInfo **row 1** (the constant model input size, so boxes were
+only right for 640x640 images) and wrote bare ``<img>`` tags. Here boxes go back to original pixels through the
+scale (ImageInfo row 2, times the letterbox scale of ``spinenet image2bin`` when the graph saw a letterboxed
+bin), are clipped to the image, and the page has captions, detection tables, a run summary and the mAP.
+
+Matching without a manifest follows ``spinenet image2bin``'s numbering: indices count the *readable* images of
+the sorted glob (a non-image file takes no index); with the seed's image2bin every file had to be an image, so
+both numberings agree there.
+"""
+
+from __future__ import annotations
+
+import base64
+import glob as _glob
+import html
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from spinenet.data.label_map import read_label_map
+from spinenet.deploy.image2bin import load_rgb, read_manifest
+from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
+
+# Distinct, readable box colours, picked per class id so a class keeps its colour across images.
+PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
+           "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#ffe119")
+MAX_EMBED_SIDE = 1280  # longest side of an embedded JPEG: keeps a 5000-image page loadable
+LIST_LIMIT = 20  # names listed on stdout per category before "... and N more"
+
+
+@dataclass
+class Detection:
+    class_id: int
+    name: str
+    score: float
+    box: tuple[float, float, float, float]  # ymin, xmin, ymax, xmax in original-image pixels, clipped
+
+
+@dataclass
+class ImageEntry:
+    """One image to report: its output name (``00000``), source file and, from a manifest, size and scale."""
+
+    index: int | None  # None until decoded (glob mode): unreadable files take no index, as in image2bin
+    source: Path
+    original_size: tuple[int, int] | None = None
+    bin_scale: tuple[float, float] | None = None  # manifest scale (resized / original), y then x
+
+    @property
+    def output_name(self) -> str:
+        return f"{self.index:05d}"
+
+
+@dataclass
+class ReportResult:
+    html_path: Path
+    run_folder: Path
+    num_images: int = 0
+    num_detections: int = 0  # valid detections (score > 0) in the outputs
+    num_drawn: int = 0
+    missing: list[tuple[str, str]] = field(default_factory=list)  # (image, reason): outputs absent or broken
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, reason): not an image, unreadable
+    unmatched: list[str] = field(default_factory=list)  # reported images absent from --annotations
+    notes: list[str] = field(default_factory=list)
+    detections: dict[str, list[Detection]] = field(default_factory=dict)  # source path -> the drawn detections
+    metrics: dict | None = None
+    metrics_path: Path | None = None
+
+    def summary(self) -> str:
+        lines = [f"report of {self.run_folder}: {self.num_images} image(s), {self.num_detections} detection(s), "
+                 f"{self.num_drawn} drawn"]
+        for title, items in (("image(s) without usable outputs", self.missing), ("file(s) skipped", self.skipped)):
+            if items:
+                lines.append(f"{len(items)} {title}:")
+                lines += [f"  {a}: {b}" for a, b in items[:LIST_LIMIT]]
+                lines += [f"  ... and {len(items) - LIST_LIMIT} more"] if len(items) > LIST_LIMIT else []
+        if self.unmatched:
+            more = " ..." if len(self.unmatched) > LIST_LIMIT else ""
+            lines.append(f"{len(self.unmatched)} image(s) not in the annotations (not scored): "
+                         + ", ".join(self.unmatched[:LIST_LIMIT]) + more)
+        lines += [f"note: {n}" for n in self.notes]
+        if self.metrics is not None:
+            lines.append(f"COCO AP {self.metrics['AP']:.4f}  AP50 {self.metrics['AP50']:.4f}  "
+                         f"AP75 {self.metrics['AP75']:.4f} over {self.metrics['num_images']} image(s); "
+                         f"metrics: {self.metrics_path}")
+        lines.append(f"wrote {self.html_path}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Matching images to outputs, and boxes back to original pixels
+
+
+def collect_images(image_file_pattern: str | None, manifest: dict | None) -> tuple[list[ImageEntry],
+                                                                                  list[tuple[str, str]]]:
+    """The images to report (index None: numbered when decoded, see module doc) and the files skipped so far."""
+    paths = sorted(p for p in _glob.glob(os.path.expanduser(image_file_pattern)) if os.path.isfile(p)) \
+        if image_file_pattern else []
+    if manifest is None:
+        if not paths:
+            raise FileNotFoundError(f"no files match --image_file_pattern {image_file_pattern!r}")
+        return [ImageEntry(None, Path(p)) for p in paths], []
+    by_name = {os.path.basename(p): p for p in paths}
+    entries = []
+    for m in manifest["images"]:
+        source = Path(m["source"])
+        if not source.is_file() and source.name in by_name:  # images moved since image2bin: find them by name
+            source = Path(by_name[source.name])
+        entries.append(ImageEntry(int(m["index"]), source, tuple(int(v) for v in m["original_size"]),
+                                  tuple(float(v) for v in m["scale"])))
+    return entries, [(s["source"], s["reason"]) for s in manifest.get("skipped", [])]
+
+
+def letterbox_scale(original: tuple[int, int], target: tuple[float, float]) -> tuple[float, float]:
+    """``spinenet image2bin``'s per-axis scale (resized / original) for ``original`` letterboxed into ``target``."""
+    h, w = original
+    s = min(target[0] / h, target[1] / w)
+    return round(h * s) / h, round(w * s) / w
+
+
+def effective_scale(image_info: np.ndarray, original: tuple[int, int],
+                    bin_scale: tuple[float, float] | None) -> tuple[np.ndarray, str | None]:
+    """(2,) y, x scale from original pixels to network pixels, and a note when it had to be inferred.
+
+    ImageInfo row 0 is the size of the image the graph saw. If that is the original, row 2 is the whole
+    scale (the seed's chain, where the bin held raw pixels). Otherwise the graph saw a letterboxed bin
+    (``spinenet image2bin``; our exported graph then reports row 2 = 1), and the bin's own scale from the
+    manifest (or, without one, image2bin's rule) multiplies row 2.
+    """
+    seen, row2 = image_info[0], image_info[2].astype(np.float64)
+    if not np.all(row2 > 0):
+        raise ValueError(f"ImageInfo row 2 (scale) is {row2.tolist()}, expected positive values")
+    if np.allclose(seen, original, atol=0.5):
+        return row2, None
+    note = None
+    if bin_scale is None:
+        bin_scale = letterbox_scale(original, (float(seen[0]), float(seen[1])))
+        note = (f"input size {list(original)} differs from ImageInfo's {seen.astype(int).tolist()}: assumed a "
+                "spinenet image2bin letterbox (pass --manifest to be exact)")
+    return row2 * np.asarray(bin_scale, np.float64), note
+
+
+def boxes_to_original(boxes: np.ndarray, scale: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+    """(N, 4) yxyx network pixels -> original pixels: divide by the scale (row 2, not row 1), clip to the image."""
+    out = boxes.astype(np.float64) / np.tile(scale, 2)
+    h, w = original
+    return np.clip(out, 0, [h, w, h, w])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Drawing and HTML
+
+
+def class_name(label_map: dict[int, str], class_id: int) -> str:
+    return label_map.get(class_id, f"id {class_id}")
+
+
+def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Image:
+    """The image with one coloured box and a "name: 87%" label per detection (highest score drawn last)."""
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    side = max(image.size)
+    width = max(1, round(side / 320))  # lines stay visible on large images and thin on tiny ones
+    try:
+        font = ImageFont.load_default(size=max(10, round(side / 50)))
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        font = ImageFont.load_default()
+    for det in reversed(detections):
+        colour = PALETTE[det.class_id % len(PALETTE)]
+        y0, x0, y1, x1 = det.box
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        label = f"{det.name}: {det.score:.0%}"
+        l, t, r, b = draw.textbbox((0, 0), label, font=font)
+        ty = y0 - (b - t) - 2 * width if y0 - (b - t) - 2 * width >= 0 else y0  # above the box if it fits
+        draw.rectangle((x0, ty, x0 + (r - l) + 2 * width, ty + (b - t) + 2 * width), fill=colour)
+        draw.text((x0 + width - l, ty + width - t), label, fill="black", font=font)
+    return image
+
+
+def jpeg_data_uri(image: Image.Image) -> str:
+    if max(image.size) > MAX_EMBED_SIDE:
+        image = image.copy()
+        image.thumbnail((MAX_EMBED_SIDE, MAX_EMBED_SIDE))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _table(header: list[str], rows: list[list[object]], cls: str = "") -> str:
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>\n" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
+
+
+def image_section(entry: ImageEntry, original: tuple[int, int], uri: str, detections: list[Detection],
+                  num_valid: int, notes: list[str]) -> str:
+    """One image's caption, annotated picture and detections table."""
+    name = entry.source.name
+    rows = [[d.name, f"{d.score:.1%}", *(f"{v:.1f}" for v in d.box)] for d in detections]
+    more = num_valid - len(detections)
+    parts = [f'<section class="image" id="img-{entry.index}">',
+             f"<h3>{_esc(name)} <small>({original[1]}&times;{original[0]} px, output {entry.output_name})</small></h3>",
+             f'<img src="{uri}" alt="{_esc(name)}">']
+    parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
+    if rows:
+        parts.append(_table(["class", "score", "ymin", "xmin", "ymax", "xmax"], rows, "dets"))
+    parts.append(f"<p>{len(rows)} detection(s) drawn" + (f"; {more} more below the threshold or limit" if more > 0
+                                                          else "") + "</p></section>\n")
+    return "\n".join(parts)
+
+
+STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}th{background:#f2f2f2}
+section.image{margin:2em 0;border-top:1px solid #ddd}section.image img{max-width:100%;height:auto;display:block}
+.note{color:#a15c00}small{color:#666;font-weight:normal}"""
+
+
+def page_head(result: ReportResult, pattern: str | None, timing: dict, started: float) -> str:
+    """Title, run summary, skipped items and the mAP tables."""
+    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern or "(from the manifest)"],
+            ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
+            ["detections drawn", result.num_drawn],
+            ["images without usable outputs", len(result.missing)], ["files skipped", len(result.skipped)],
+            ["report written", time.strftime("%Y-%m-%d %H:%M:%S") + f" ({time.perf_counter() - started:.1f} s)"]]
+    rows += [[f"infer: {k}", v] for k, v in timing.items()]
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>spinenet report: {_esc(result.run_folder.name)}</title><style>{STYLE}</style></head><body>",
+             f"<h1>spinenet deployment report</h1>\n<h2>Run summary</h2>\n{_table(['item', 'value'], rows, 'summary')}"]
+    for title, items in (("Images without usable outputs", result.missing), ("Skipped files", result.skipped)):
+        if items:
+            parts.append(f"<h3>{title}</h3>\n" + _table(["file", "reason"], [list(i) for i in items]))
+    parts += [f'<p class="note">{_esc(n)}</p>' for n in result.notes]
+    if result.metrics is not None:
+        from spinenet.engine.evaluate import STAT_NAMES
+
+        m = result.metrics
+        parts.append(f"<h2>COCO metrics ({m['num_images']} image(s))</h2>")
+        parts.append(_table(list(STAT_NAMES), [[f"{m[k]:.4f}" for k in STAT_NAMES]], "metrics"))
+        if result.unmatched:
+            parts.append(f"<p>{len(result.unmatched)} reported image(s) are not in the annotations and were not "
+                         f"scored: {_esc(', '.join(result.unmatched))}</p>")
+        if m.get("per_class_ap"):
+            parts.append("<details><summary>per-class AP</summary>" + _table(
+                ["class", "AP"], [[k, f"{v:.4f}"] for k, v in m["per_class_ap"].items()]) + "</details>")
+    parts.append("<h2>Images</h2>")
+    return "\n".join(parts) + "\n"
+
+
+def infer_timing(run_folder: Path) -> dict:
+    """Top-level scalars (and one level of nesting) of ``spinenet infer``'s ``summary.json``, if present."""
+    path = run_folder / "summary.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for k, v in data.items() if isinstance(data, dict) else ():
+        items = v.items() if isinstance(v, dict) else [("", v)]
+        for sub, value in items:
+            if isinstance(value, (str, int, float, bool)) or value is None:
+                out[f"{k}.{sub}" if sub else k] = value
+    return out
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as e:
+        raise ValueError(f"cannot write the HTML report into folder {folder}: {e.strerror or e}") from e
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, output_html: str | os.PathLike,
+                 image_file_pattern: str | None = None, *, manifest: str | os.PathLike | None = None,
+                 annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
+                 min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
+                 label_map_format: str = "csv", verbose: bool = True) -> ReportResult:
+    """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
+
+    ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
+    With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator`, the
+    12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
+    """
+    started = time.perf_counter()
+    if label_map_format != "csv":
+        raise ValueError(f"--label_map_format {label_map_format!r} is not supported; the only format is 'csv' "
+                         "(lines 'id:name')")
+    if max_boxes_to_draw < 0:
+        raise ValueError(f"--max_boxes_to_draw must be >= 0, got {max_boxes_to_draw}")
+    html_path = Path(output_html)
+    _check_writable(html_path.parent)  # before the (possibly long) work, not after it
+    label_map = read_label_map(label_map_file)
+    run_folder = resolve_run_folder(output)
+    manifest_data = read_manifest(manifest) if manifest else None
+    if manifest_data is None and not image_file_pattern:
+        raise ValueError("--image_file_pattern is required without --manifest")
+    entries, skipped = collect_images(image_file_pattern, manifest_data)
+    result = ReportResult(html_path, run_folder, skipped=skipped)
+    evaluator, ids_by_name = None, {}
+    if annotations:
+        from spinenet.engine.evaluate import CocoEvaluator
+
+        evaluator = CocoEvaluator(annotations)
+        ids_by_name = {os.path.basename(img["file_name"]): img["id"] for img in evaluator.coco_gt.dataset["images"]}
+    options = _DrawOptions(label_map, max_boxes_to_draw, min_score_threshold, use_normalized_coordinates)
+    scored: list[tuple[int, dict[str, np.ndarray], np.ndarray]] = []  # (image id, outputs, ImageInfo for eval)
+    used: set[str] = set()
+    from tqdm import tqdm
+
+    # Sections go to a temporary file while the totals for the page head are counted: memory stays flat.
+    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=html_path.parent) as sections:
+        next_index = 0
+        for entry in tqdm(entries, desc="report", unit="img", disable=not verbose or len(entries) < 20):
+            try:
+                pixels = load_rgb(entry.source)
+            except ValueError as e:
+                result.skipped.append((str(entry.source), str(e).split(": ", 1)[-1]))
+                continue
+            if entry.index is None:
+                entry.index, next_index = next_index, next_index + 1
+            used.add(entry.output_name)
+            try:
+                section, outputs, eval_info = _report_image(run_folder, entry, pixels, options, result)
+            except (FileNotFoundError, ValueError) as e:
+                result.missing.append((str(entry.source), str(e)))
+                continue
+            sections.write(section)
+            if evaluator is not None:
+                image_id = ids_by_name.get(entry.source.name)
+                if image_id is None:
+                    result.unmatched.append(entry.source.name)
+                else:
+                    scored.append((image_id, outputs, eval_info))
+        if result.num_images == 0:
+            source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {image_file_pattern!r}"
+            first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
+            raise ValueError(f"nothing to report from {run_folder} and {source}: {len(result.missing)} image(s) "
+                             f"without usable outputs, {len(result.skipped)} file(s) skipped{first}")
+        extra = {p.name.split("_output_")[0] for p in run_folder.glob("*_output_0.*")} - used
+        if extra:
+            names = ", ".join(sorted(extra)[:5]) + (" ..." if len(extra) > 5 else "")
+            result.notes.append(f"{len(extra)} output set(s) in the folder have no image ({names}): does the image "
+                                "pattern match the one given to image2bin?")
+        if evaluator is not None:
+            if scored:
+                result.metrics = _score(evaluator, scored, verbose)
+            else:
+                result.notes.append(f"no reported image is named in {annotations}: mAP not computed")
+        sections.seek(0)
+
+        def write(f) -> None:
+            f.write(page_head(result, image_file_pattern, infer_timing(run_folder), started))
+            while chunk := sections.read(1 << 20):
+                f.write(chunk)
+            f.write("</body></html>\n")
+
+        try:
+            _write_atomic(html_path, write)
+            if result.metrics is not None:
+                result.metrics_path = html_path.with_name(f"{html_path.stem}_metrics.json")
+                _write_atomic(result.metrics_path, lambda f: json.dump(
+                    {**result.metrics, "annotations": str(annotations), "run_folder": str(run_folder),
+                     "unmatched_images": result.unmatched}, f, indent=1))
+        except OSError as e:
+            raise ValueError(f"cannot write the HTML report into folder {html_path.parent}: {e.strerror or e}") from e
+    return result
+
+
+@dataclass
+class _DrawOptions:
+    label_map: dict[int, str]
+    max_boxes_to_draw: int
+    min_score_threshold: float
+    use_normalized_coordinates: bool
+
+
+def _report_image(run_folder: Path, entry: ImageEntry, pixels: np.ndarray, opt: _DrawOptions,
+                  result: ReportResult) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
+    """One image's HTML section, its outputs and the ImageInfo to score them with (row 2 = effective scale).
+
+    Raises FileNotFoundError / ValueError (the caller counts the image as missing) when its outputs are absent
+    or unusable.
+    """
+    outputs = read_seed_outputs(run_folder, entry.output_name)
+    if outputs is None:
+        raise FileNotFoundError(f"no {entry.output_name}_output_<k>.txt|bin in {run_folder}")
+    if outputs["NumDetections"].shape[0] != 1:
+        raise ValueError(f"{entry.output_name}: outputs hold a batch of {outputs['NumDetections'].shape[0]}; "
+                         "one image per input file expected")
+    original = entry.original_size or tuple(pixels.shape[:2])
+    notes = []
+    if tuple(pixels.shape[:2]) != original:
+        notes.append(f"the image is {pixels.shape[1]}x{pixels.shape[0]} but the manifest says "
+                     f"{original[1]}x{original[0]}; boxes follow the manifest")
+    boxes, classes = outputs["DetectionBoxes"][0], outputs["DetectionClasses"][0]  # (100, 4) yxyx, (100,)
+    scores, info = outputs["DetectionScores"][0], outputs["ImageInfo"][0]  # (100,), (4, 2)
+    if opt.use_normalized_coordinates:  # fractions of the original image: scale = 1 / size
+        scale = 1.0 / np.asarray(original, np.float64)
+    else:
+        try:
+            scale, note = effective_scale(info, original, entry.bin_scale)
+        except ValueError as e:
+            raise ValueError(f"{entry.output_name}_output_4: {e}") from e
+        notes += [note] if note else []
+    # NumDetections is not used, as in the seed: padding slots hold score -1, and the evaluator keeps score > 0.
+    valid = scores > 0
+    keep = np.flatnonzero(valid & (scores >= opt.min_score_threshold))[:opt.max_boxes_to_draw]
+    orig_boxes = boxes_to_original(boxes[keep], scale, original)
+    dets = [Detection(int(c), class_name(opt.label_map, int(c)), float(s), tuple(float(v) for v in b))
+            for c, s, b in zip(classes[keep], scores[keep], orig_boxes, strict=True)]
+    drawn = [Detection(d.class_id, d.name, d.score, _to_drawn(d.box, original, pixels.shape[:2])) for d in dets]
+    section = image_section(entry, original, jpeg_data_uri(draw_detections(pixels, drawn)), dets,
+                            int(valid.sum()), notes)
+    result.detections[str(entry.source)] = dets
+    result.num_images += 1
+    result.num_detections += int(valid.sum())
+    result.num_drawn += len(dets)
+    eval_info = info.astype(np.float32).copy()
+    eval_info[2] = scale
+    return section, outputs, eval_info
+
+
+def _to_drawn(box: tuple[float, ...], original: tuple[int, int], actual: tuple[int, ...]) -> tuple[float, ...]:
+    """A box in (manifest) original pixels -> pixels of the image as decoded (they differ only if it changed)."""
+    sy, sx = actual[0] / original[0], actual[1] / original[1]
+    return box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx
+
+
+def _score(evaluator, scored: list[tuple[int, dict[str, np.ndarray], np.ndarray]], verbose: bool) -> dict | None:
+    """COCO metrics of the matched images, through the same code as ``spinenet evaluate``.
+
+    Boxes go in as the graph wrote them (clipped to ImageInfo row 1, not to the image) with row 2 set to the
+    effective scale, so the numbers are those ``spinenet evaluate`` gets from the same detections.
+    """
+    if not scored:
+        return None
+    import torch
+
+    dets = {"detection_boxes": torch.from_numpy(np.stack([o["DetectionBoxes"][0] for _, o, _ in scored])),
+            "detection_classes": torch.from_numpy(np.stack([o["DetectionClasses"][0] for _, o, _ in scored])),
+            "detection_scores": torch.from_numpy(np.stack([o["DetectionScores"][0] for _, o, _ in scored]))}
+    evaluator.reset()
+    evaluator.process(dets, torch.from_numpy(np.stack([i for _, _, i in scored])), [i for i, _, _ in scored])
+    return evaluator.evaluate(verbose=verbose)
+

@@ -1,0 +1,53 @@
+"""``spinenet report``: the seed's ``test_spinenet_om_data.py`` flags over ``write_report``."""
+
+from __future__ import annotations
+
+import argparse
+
+REPORT_EPILOG = """\
+examples:
+  spinenet report --output out/20220606_222003 --label_map_file coco_label_map.csv \\
+      --image_file_pattern '/tmp/imagedata/*.jpg' --output_html report.html
+  spinenet report --output out/ --manifest bins/manifest.json --label_map_file coco_label_map.csv \\
+      --output_html report.html --annotations instances_val2017.json      (+ COCO mAP, report_metrics.json)
+
+--output is an msame output folder (TXT or BIN): the timestamped run folder itself, or its parent (then the
+newest run folder). Image i of the sorted --image_file_pattern (readable images only, as spinenet image2bin
+numbers them) goes with NNNNN_output_<k>; --manifest (from spinenet image2bin) gives that mapping, the original
+sizes and the letterbox scales instead. Boxes are mapped back with ImageInfo row 2 (the scale), not row 1.
+"""
+
+
+def add_report_parser(subparsers) -> None:
+    p = subparsers.add_parser("report", help="HTML page of msame/infer outputs on their images (+ COCO mAP)",
+                              description="Draw the detections of an msame (or spinenet infer) output folder on "
+                                          "the original images into one self-contained HTML page; with "
+                                          "--annotations also score them with COCO mAP.",
+                              epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", required=True, help="msame output folder: the run folder or its parent")
+    p.add_argument("--label_map_file", required=True, help="label map, lines 'id:name' (coco_label_map.csv)")
+    p.add_argument("--label_map_format", default="csv", choices=["csv"], help="only csv, as in the seed")
+    p.add_argument("--image_file_pattern", default=None,
+                   help="glob of the original images, as given to image2bin (required without --manifest)")
+    p.add_argument("--manifest", default=None, help="spinenet image2bin's manifest.json (or its folder)")
+    p.add_argument("--output_html", default="/tmp/test.html", help="HTML page to write (default /tmp/test.html)")
+    p.add_argument("--annotations", default=None,
+                   help="COCO instances JSON: compute mAP (images matched by file name)")
+    p.add_argument("--max_boxes_to_draw", type=int, default=10, help="boxes drawn per image (default 10)")
+    p.add_argument("--min_score_threshold", type=float, default=0.05, help="lowest score drawn (default 0.05)")
+    p.add_argument("--use_normalized_coordinates", action="store_true",
+                   help="boxes are [0, 1] fractions of the original image (the seed's flag)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar, no COCO summary on stdout")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from spinenet.deploy.report import write_report
+
+    result = write_report(args.output, args.label_map_file, args.output_html, args.image_file_pattern,
+                          manifest=args.manifest, annotations=args.annotations,
+                          max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
+                          use_normalized_coordinates=args.use_normalized_coordinates,
+                          label_map_format=args.label_map_format, verbose=not args.no_progress)
+    print(result.summary())
+    return 0
