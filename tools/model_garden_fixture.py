@@ -57,6 +57,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--params_only", action="store_true", help="only build and count parameters")
+    p.add_argument("--time_runs", type=int, default=0,
+                   help="also time graph-mode inference at batch 1 (forward alone, and with decoding + NMS) over "
+                        "N runs after 3 warm-ups, into timing.json")
     return p.parse_args(argv)
 
 
@@ -288,6 +291,8 @@ def main(argv=None):
         return model(x, image_shape=image_shape, training=False)
 
     out = infer(x, image_shape)
+    if args.time_runs:
+        _time_inference(model, x[:1], image_shape[:1], args.time_runs, out_dir)
     anchors = mg_anchor.Anchor(
         min_level=3,
         max_level=7,
@@ -377,6 +382,35 @@ def main(argv=None):
         )
     print(f"wrote {out_dir}: ckpt.*, reference.npz, variables.json ({len(variables)} entries)")
     return params
+
+
+def _time_inference(model, x, image_shape, runs, out_dir):
+    """Median graph-mode latency (batch 1) of the raw forward and of forward + decoding + NMS."""
+    import time
+
+    @tf.function
+    def full(x, image_shape):
+        return model(x, image_shape=image_shape, training=False)
+
+    @tf.function
+    def raw(x):
+        return model.head(model.decoder(model.backbone(x)))
+
+    timing = {}
+    for name, fn in (("forward", lambda: raw(x)), ("forward_postprocess", lambda: full(x, image_shape))):
+        for _ in range(3):
+            tf.nest.map_structure(lambda t: t.numpy(), fn())
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            tf.nest.map_structure(lambda t: t.numpy(), fn())
+            times.append((time.perf_counter() - t0) * 1000)
+        timing[name] = {"median_ms": float(np.median(times)), "min_ms": float(np.min(times)), "runs": runs}
+    timing["threads"] = {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                         "inter_op": tf.config.threading.get_inter_op_parallelism_threads()}
+    with open(out_dir / "timing.json", "w") as f:
+        json.dump(timing, f, indent=1)
+    print("timing:", json.dumps(timing))
 
 
 def _dist_version(name):
