@@ -21,6 +21,8 @@ commands:
   image2bin  images -> letterboxed .bin inputs + manifest (image2bin.py's flags)
   infer      msame-compatible batch inference on ONNX Runtime / OpenVINO / PyTorch (msame's flags)
   report     msame outputs -> one HTML page of detections (+ COCO mAP with --annotations)
+  detect     boxes on images: annotated copies + detections.json
+  benchmark  latency / throughput per backend, batch size and precision
 
 Run `spinenet <command> --help` for a command's options.
 """
@@ -53,7 +55,13 @@ def add_models_parser(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from spinenet.convert.cli import add_convert_parser
     from spinenet.data.cli import add_synth_parser
-    from spinenet.deploy.cli import add_export_parser, add_image2bin_parser, add_infer_parser
+    from spinenet.deploy.cli import (
+        add_benchmark_parser,
+        add_detect_parser,
+        add_export_parser,
+        add_image2bin_parser,
+        add_infer_parser,
+    )
     from spinenet.deploy.report_cli import add_report_parser
     from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
@@ -70,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_image2bin_parser(sub)
     add_infer_parser(sub)
     add_report_parser(sub)
+    add_detect_parser(sub)
+    add_benchmark_parser(sub)
     return parser
 
 

@@ -161,3 +161,54 @@ def run_infer(args: argparse.Namespace) -> int:
                            device=args.device, loop=args.loop, threads=args.threads, precision=args.precision,
                            progress=not args.quiet)
     return 0 if result.files else 1
+
+
+def add_detect_parser(sub) -> None:
+    p = sub.add_parser("detect", help="boxes on images: annotated copies + detections.json",
+                       description="Detect objects in images with a spinenet checkpoint or an exported ONNX model; "
+                                   "writes annotated images and detections.json (boxes in original pixels).")
+    p.add_argument("images", nargs="+", help="image files")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="spinenet checkpoint (.pt), run with PyTorch")
+    src.add_argument("--model", help="exported .onnx, run with ONNX Runtime")
+    p.add_argument("--output", default="detections", help="output folder (default: detections/)")
+    p.add_argument("--score_threshold", type=float, default=0.3, help="keep detections scoring at least this")
+    p.add_argument("--label_map_file", help="id:name CSV (default: the checkpoint's label map)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_detect)
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    from spinenet.data.label_map import read_label_map
+    from spinenet.deploy.detect import detect_images
+
+    label_map = read_label_map(args.label_map_file) if args.label_map_file else None
+    summary = detect_images(args.images, args.output, checkpoint=args.checkpoint, model=args.model,
+                            device=args.device, score_threshold=args.score_threshold, label_map=label_map)
+    return 0 if summary["images"] else 1
+
+
+def add_benchmark_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="latency / throughput per backend, batch size and precision",
+                       description="Time a model: ms/batch, ms/image and images/s (median, p90, after warm-up), with "
+                                   "and without post-processing, per backend and batch size; states the machine "
+                                   "and precision.")
+    p.add_argument("--model", required=True, help="spinenet checkpoint (.pt) or exported .onnx")
+    p.add_argument("--backends", default="onnxruntime,torch", help="comma list of onnxruntime, openvino, torch")
+    p.add_argument("--batch_sizes", default="1,8", help="comma list (a .onnx keeps its own batch size)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", dest="output", default=None, help="write the results here")
+    p.set_defaults(func=run_benchmark_cmd)
+
+
+def run_benchmark_cmd(args: argparse.Namespace) -> int:
+    from spinenet.deploy.benchmark import run_benchmark
+
+    run_benchmark(args.model, [b.strip() for b in args.backends.split(",") if b.strip()],
+                  [int(b) for b in args.batch_sizes.split(",")], args.precision, args.device, args.warmup, args.runs,
+                  args.threads, args.output)
+    return 0

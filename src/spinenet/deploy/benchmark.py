@@ -1,0 +1,117 @@
+"""``spinenet benchmark``: latency and throughput per backend, batch size and precision, stated with the machine.
+
+For each backend x batch size x {with, without post-processing}: ms/batch, ms/image and images/s (median and
+p90 over ``runs`` after ``warmup`` runs) on uint8 NHWC inputs of the model's size. A spinenet checkpoint is
+exported to ONNX on the fly for the ONNX backends; an ``.onnx`` model is timed as it is (its batch and
+post-processing are fixed at export).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def _machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores".strip()
+
+
+def _time(fn, warmup: int, runs: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _torch_runner(checkpoint: str, batch: int, postprocess: str, precision: str, device: str):
+    import torch
+
+    from spinenet.deploy.export import ExportWrapper
+    from spinenet.engine.checkpoint import load_model
+
+    model, ckpt = load_model(checkpoint, map_location=device)
+    size = tuple(ckpt["config"]["retinanet_parser"]["output_size"])
+    wrapper = ExportWrapper(model, batch_size=batch, image_size=size, postprocess=postprocess).to(device).eval()
+    x = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8, device=device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if precision == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError("fp16 runs on CUDA only; use --precision fp32 or bf16 on the CPU")
+
+    def run():
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            outs = wrapper(x)
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        return outs
+
+    return run, size
+
+
+def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], precision: str = "fp32",
+                  device: str = "cpu", warmup: int = 3, runs: int = 10, threads: int | None = None,
+                  output: str | None = None) -> list[dict]:
+    from spinenet.deploy.runtimes import open_session
+
+    is_onnx = Path(model).suffix == ".onnx"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            for batch in batch_sizes:
+                for post in ("v1", "none"):
+                    if backend == "torch":
+                        if is_onnx:
+                            raise ValueError("--backends torch needs a spinenet checkpoint (.pt), not an .onnx")
+                        if threads:
+                            import torch
+
+                            torch.set_num_threads(threads)
+                        run, size = _torch_runner(model, batch, post, precision, device)
+                    else:
+                        if is_onnx:
+                            path = model
+                            if (batch, post) != (batch_sizes[0], "v1"):
+                                continue  # a given .onnx has one batch size and one post-processing
+                        else:
+                            from spinenet.deploy.export import export_onnx
+                            from spinenet.engine.checkpoint import load_model
+
+                            m, ckpt = load_model(model)
+                            size = tuple(ckpt["config"]["retinanet_parser"]["output_size"])
+                            path = export_onnx(m, Path(tmp) / f"b{batch}_{post}.onnx", batch_size=batch,
+                                               image_size=size, postprocess=post)
+                        sess = open_session(path, backend, device, threads, precision)
+                        x = np.random.default_rng(0).integers(0, 256, sess.input_shape, dtype=np.uint8)
+                        run = functools.partial(sess.run, x)
+                        batch, size = sess.input_shape[0], sess.input_shape[1:3]
+                    times = sorted(_time(run, warmup, runs))
+                    med, p90 = statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
+                    rows.append({"backend": backend, "batch": batch, "postprocess": post != "none",
+                                 "input": list(size), "precision": precision, "device": device,
+                                 "ms_per_batch": med, "ms_per_batch_p90": p90, "ms_per_image": med / batch,
+                                 "images_per_s": 1000 * batch / med, "runs": runs, "warmup": warmup})
+    machine = _machine()
+    print(f"{Path(model).name} on {machine} ({device}, {precision}); median (p90) over {runs} runs after {warmup}")
+    print(f"{'backend':12s} {'batch':>5s} {'postproc':>8s} {'ms/batch':>10s} {'p90':>8s} {'ms/img':>8s} {'img/s':>8s}")
+    for r in rows:
+        print(f"{r['backend']:12s} {r['batch']:5d} {str(r['postprocess']):>8s} {r['ms_per_batch']:10.1f} "
+              f"{r['ms_per_batch_p90']:8.1f} {r['ms_per_image']:8.1f} {r['images_per_s']:8.2f}")
+    if output:
+        Path(output).write_text(json.dumps({"model": model, "machine": machine, "rows": rows}, indent=1))
+        print(f"results: {output}")
+    return rows
