@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from spinenet.config import ExperimentConfig, load_config
-from spinenet.convert.tf_checkpoint import TFCheckpointReader, _parse_proto
+from spinenet.convert.tf_checkpoint import TFCheckpointReader, parse_proto
 from spinenet.modeling.layers import Bottleneck, ConvNormAct
 from spinenet.modeling.spinenet import SCALING_MAP, SpineNet
 
@@ -58,11 +58,11 @@ def object_graph_names(reader: TFCheckpointReader) -> dict[str, str]:
     if key not in reader:
         raise ConversionError(f"{reader.prefix}: no object graph in the checkpoint; was it written by "
                               "tf.train.Checkpoint (Model Garden)?")
-    graph = _parse_proto(reader.get_tensor(key).item())
+    graph = parse_proto(reader.get_tensor(key).item())
     names = {}
     for node in graph.get(1, []):  # TrackableObjectGraph.nodes
-        for attr in _parse_proto(node).get(2, []):  # TrackableObject.attributes (SerializedTensor)
-            fields = _parse_proto(attr)
+        for attr in parse_proto(node).get(2, []):  # TrackableObject.attributes (SerializedTensor)
+            fields = parse_proto(attr)
             if 2 in fields and 3 in fields:  # full_name, checkpoint_key
                 names[fields[3][-1].decode()] = fields[2][-1].decode()
     return names

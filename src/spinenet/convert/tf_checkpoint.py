@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import codecs
 import difflib
-import functools
 import os
 import re
 import struct
@@ -34,147 +33,11 @@ import numpy as np
 __all__ = ["TFCheckpointReader", "TFCheckpointError", "read_checkpoint", "crc32c", "masked_crc32c"]
 
 
+from spinenet.convert.crc32c import crc32c, mask_crc, masked_crc32c
+
+
 class TFCheckpointError(ValueError):
     """A checkpoint file is malformed, truncated or fails its checksum."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# crc32c (Castagnoli), as used by LevelDB block trailers and by TF for tensor data.
-# ---------------------------------------------------------------------------------------------------------
-
-_CRC_POLY = 0x82F63B78  # reflected Castagnoli polynomial
-
-
-def _make_table() -> list[int]:
-    table = []
-    for i in range(256):
-        c = i
-        for _ in range(8):
-            c = (c >> 1) ^ _CRC_POLY if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _make_table()
-_TABLE_NP = np.array(_TABLE, dtype=np.uint32)
-
-
-def _crc_update_py(reg: int, data: bytes | memoryview) -> int:
-    """Advance the raw crc register over ``data`` one byte at a time (for short inputs)."""
-    table = _TABLE
-    for b in bytes(data):
-        reg = table[(reg ^ b) & 0xFF] ^ (reg >> 8)
-    return reg
-
-
-@functools.lru_cache(maxsize=64)
-def _zeros_operator(nbytes: int) -> tuple[list[int], ...]:
-    """Byte-sliced tables of the linear map "advance the register over ``nbytes`` zero bytes".
-
-    The register update is linear over GF(2), so the map is fully described by its images of the 32 unit
-    vectors; grouping those by byte gives 4 tables of 256 entries, i.e. 4 lookups per application.
-    """
-
-    # Images of the unit vectors after n zero bytes, by repeated squaring of the one-byte operator.
-    def apply(cols: list[int], x: int) -> int:
-        out = 0
-        i = 0
-        while x:
-            if x & 1:
-                out ^= cols[i]
-            x >>= 1
-            i += 1
-        return out
-
-    one_byte = [_crc_update_py(1 << i, b"\0") for i in range(32)]
-    result = [1 << i for i in range(32)]  # identity
-    power = one_byte
-    n = nbytes
-    while n:
-        if n & 1:
-            result = [apply(power, c) for c in result]
-        n >>= 1
-        if n:
-            power = [apply(power, c) for c in power]
-    tables = []
-    for k in range(4):
-        cols = result[8 * k : 8 * k + 8]
-        tables.append([apply(cols, v) for v in range(256)])
-    return tuple(tables)
-
-
-def _apply_op(tables: tuple[list[int], ...], x: int) -> int:
-    return tables[0][x & 0xFF] ^ tables[1][(x >> 8) & 0xFF] ^ tables[2][(x >> 16) & 0xFF] ^ tables[3][x >> 24]
-
-
-_PY_CUTOFF = 4096  # below this many bytes the plain loop is faster than the vectorised path
-_NUM_LANES = 8192  # parallel lanes of the vectorised path
-
-
-def _crc32c_numpy(data: bytes | memoryview) -> int:
-    """crc32c via ``_NUM_LANES`` interleaved lanes of equal length, advanced together with numpy.
-
-    Each lane's crc (register started at 0) is a linear function of its bytes; the lanes are then
-    combined with Horner's rule using the "advance over L zero bytes" operator, and the remainder is
-    finished byte by byte. This runs at roughly 100+ MB/s where a pure-Python loop manages ~5 MB/s.
-    """
-    buf = np.frombuffer(data, dtype=np.uint8)
-    n = buf.size
-    lanes = min(_NUM_LANES, max(1, n // 256))
-    length = n // lanes
-    body = buf[: lanes * length].reshape(lanes, length).T.copy()  # row i = byte i of every lane
-    regs = np.zeros(lanes, dtype=np.uint32)
-    table = _TABLE_NP
-    for row in body:
-        regs = table[(regs ^ row) & 0xFF] ^ (regs >> 8)
-    # Register for the full stream, starting from the standard initial value 0xFFFFFFFF.
-    op = _zeros_operator(length)
-    reg = 0xFFFFFFFF
-    for r in regs.tolist():
-        reg = _apply_op(op, reg) ^ r
-    reg = _crc_update_py(reg, buf[lanes * length :].tobytes())
-    return reg ^ 0xFFFFFFFF
-
-
-def _crc32c_python(data: bytes | memoryview) -> int:
-    if len(data) >= _PY_CUTOFF:
-        return _crc32c_numpy(data)
-    return _crc_update_py(0xFFFFFFFF, data) ^ 0xFFFFFFFF
-
-
-try:  # optional accelerated implementations; results are identical
-    import google_crc32c as _gcrc  # type: ignore[import-not-found]
-
-    def crc32c(data: bytes | memoryview) -> int:
-        """crc32c (Castagnoli) checksum of ``data``."""
-        return int(_gcrc.value(bytes(data)))
-
-except ImportError:  # pragma: no cover - depends on the environment
-    try:
-        import crc32c as _crcmod  # type: ignore[import-not-found]
-
-        def crc32c(data: bytes | memoryview) -> int:
-            """crc32c (Castagnoli) checksum of ``data``."""
-            return int(_crcmod.crc32c(bytes(data)))
-
-    except ImportError:
-
-        def crc32c(data: bytes | memoryview) -> int:
-            """crc32c (Castagnoli) checksum of ``data``."""
-            return _crc32c_python(data)
-
-
-_MASK_DELTA = 0xA282EAD8
-
-
-def masked_crc32c(data: bytes | memoryview) -> int:
-    """LevelDB/TF "masked" crc32c, stored so that crcs of data containing crcs stay well-distributed."""
-    return mask_crc(crc32c(data))
-
-
-def mask_crc(crc: int) -> int:
-    """Mask a raw crc32c value as LevelDB and TF store it."""
-    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -198,7 +61,7 @@ def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise TFCheckpointError("varint too long")
 
 
-def _parse_proto(buf: bytes) -> dict[int, list[int | bytes]]:
+def parse_proto(buf: bytes) -> dict[int, list[int | bytes]]:
     """Decode one message level into {field number: [values]} (varints/fixed as ints, LEN as bytes)."""
     fields: dict[int, list[int | bytes]] = {}
     pos = 0
@@ -494,15 +357,15 @@ class _Entry:
 
 
 def _parse_entry(value: bytes) -> _Entry:
-    f = _parse_proto(value)
+    f = parse_proto(value)
     shape: list[int] = []
     shape_msg = _last(f, 2, b"")
     if shape_msg:
-        sf = _parse_proto(shape_msg)  # type: ignore[arg-type]
+        sf = parse_proto(shape_msg)  # type: ignore[arg-type]
         if _last(sf, 3, 0):
             raise TFCheckpointError("tensor has unknown rank")
         for dim in sf.get(2, []):
-            shape.append(_int64(int(_last(_parse_proto(dim), 1, 0))))  # type: ignore[arg-type]
+            shape.append(_int64(int(_last(parse_proto(dim), 1, 0))))  # type: ignore[arg-type]
     crc_values = f.get(6)
     return _Entry(
         dtype=int(_last(f, 1, 0)),
@@ -610,13 +473,13 @@ class TFCheckpointReader:
             )
 
     def _parse_header(self, value: bytes) -> None:
-        f = _parse_proto(value)
+        f = parse_proto(value)
         self.num_shards = int(_last(f, 1, 0))
         endianness = int(_last(f, 2, 0))
         if endianness not in (0, 1):
             raise TFCheckpointError(f"{self.index_path}: unknown endianness {endianness} in bundle header")
         self._byteorder = "<" if endianness == 0 else ">"
-        version = _parse_proto(_last(f, 3, b""))  # type: ignore[arg-type]
+        version = parse_proto(_last(f, 3, b""))  # type: ignore[arg-type]
         # TF bundle version 1 is the only one; a writer demanding a newer reader says so via min_consumer.
         min_consumer = int(_last(version, 2, 0))
         if min_consumer > 1:
