@@ -54,3 +54,35 @@ def test_seed_commands_and_deployed_map_equals_evaluate(held_out, tmp_path, caps
     assert reference["AP50"] > 0.1, "the demo detector should detect the shapes"
     assert abs(deployed["AP"] - reference["AP"]) <= 0.002, (deployed["AP"], reference["AP"])
     assert abs(deployed["AP50"] - reference["AP50"]) <= 0.002
+
+
+def test_onnxruntime_equals_pytorch_on_synthetic_images(held_out, tmp_path):
+    """The exported graph (ONNX Runtime) against the same checkpoint in PyTorch, image by image (24 images)."""
+    import numpy as np
+    import torch
+
+    from spinenet.convert.parity import compare_detections
+    from spinenet.deploy.export import export_onnx
+    from spinenet.deploy.image2bin import image2bin
+    from spinenet.deploy.runtimes import OnnxRuntimeSession, TorchSession
+    from spinenet.engine.checkpoint import load_model
+
+    model, _ = load_model(CKPT)
+    onnx = export_onnx(model, tmp_path / "m.onnx", image_size=(128, 128))
+    image2bin(str(held_out / "val" / "*.jpg"), tmp_path / "bins", 128, progress=False)
+    ort, pt = OnnxRuntimeSession(onnx), TorchSession(CKPT, image_size=(128, 128))
+    bins = sorted((tmp_path / "bins").glob("*.bin"))
+    assert len(bins) >= 20
+    matched = 0
+    for path in bins:
+        x = np.fromfile(path, np.uint8).reshape(1, 128, 128, 3)
+        a, b = ort.run(x), pt.run(x)
+        ref = {"detection_boxes": b["DetectionBoxes"], "detection_scores": b["DetectionScores"],
+               "detection_classes": b["DetectionClasses"]}
+        ours = {"detection_boxes": torch.from_numpy(a["DetectionBoxes"]),
+                "detection_scores": torch.from_numpy(a["DetectionScores"]),
+                "detection_classes": torch.from_numpy(a["DetectionClasses"])}
+        (d,) = compare_detections(ours, ref, box_tol=0.01, score_tol=1e-4)
+        assert d.unmatched_ref == 0 and d.unmatched_ours == 0, (path.name, d)
+        matched += d.matched
+    assert matched > 0
