@@ -120,7 +120,7 @@ def build_eval_loader(cfg, data: tuple[str, str], batch_size: int, dist_info: Di
     dataset = CocoDetection.from_config(cfg, data[0], data[1], is_training=False)
     shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
     subset = torch.utils.data.Subset(dataset, shard)
-    subset.report = dataset.report  # type: ignore[attr-defined]
+    subset.report, subset.stats = dataset.report, dataset.stats  # type: ignore[attr-defined]
     return DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=_drop_empty(collate_detection), pin_memory=pin_memory)
 

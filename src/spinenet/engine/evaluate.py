@@ -151,9 +151,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
         tmp.write_text(json.dumps(metrics, indent=1))
         os.replace(tmp, out / "metrics.json")
         print(format_per_class(metrics["per_class_ap"]))
-        report = loader.dataset.report()
-        if "skip" in report or "x " in report:
-            print(report)
+        if any(loader.dataset.stats()["skipped"].values()):
+            print(loader.dataset.report())
         print(f"COCO results: {out / 'results.json'}; metrics: {out / 'metrics.json'}")
     return metrics
 
