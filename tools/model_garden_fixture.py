@@ -394,7 +394,10 @@ def _time_inference(model, x, image_shape, runs, out_dir):
 
     @tf.function
     def raw(x):
-        return model.head(model.decoder(model.backbone(x)))
+        feats = model.backbone(x)
+        if model.decoder is not None:  # SpineNet RetinaNet has no decoder (identity)
+            feats = model.decoder(feats)
+        return model.head(feats)
 
     timing = {}
     for name, fn in (("forward", lambda: raw(x)), ("forward_postprocess", lambda: full(x, image_shape))):
