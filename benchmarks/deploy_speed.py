@@ -22,7 +22,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,14 +30,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    from spinenet.deploy.benchmark import time_ms
+
+    return statistics.median(time_ms(fn, 3, runs))
 
 
 def main() -> int:

@@ -28,7 +28,8 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores".strip()
 
 
-def _time(fn, warmup: int, runs: int) -> list[float]:
+def time_ms(fn, warmup: int, runs: int) -> list[float]:
+    """Wall times (ms) of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     out = []
@@ -99,7 +100,7 @@ def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], preci
                         x = np.random.default_rng(0).integers(0, 256, sess.input_shape, dtype=np.uint8)
                         run = functools.partial(sess.run, x)
                         batch, size = sess.input_shape[0], sess.input_shape[1:3]
-                    times = sorted(_time(run, warmup, runs))
+                    times = sorted(time_ms(run, warmup, runs))
                     med, p90 = statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
                     rows.append({"backend": backend, "batch": batch, "postprocess": post != "none",
                                  "input": list(size), "precision": precision, "device": device,
