@@ -80,3 +80,23 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path):
     b = torch.load(tmp_path / "b" / "ckpt-6.pt", weights_only=True)["model"]
     for k in a:
         assert torch.allclose(a[k].float(), b[k].float(), atol=1e-6, rtol=0), k
+
+
+def test_two_rank_evaluation_gathers_all_images(tmp_path):
+    """torchrun evaluation: each rank scores every other image, results are gathered, numbers as one process."""
+    root = Path(__file__).resolve().parents[2]
+    make_synthetic_dataset(tmp_path / "d", num_train=0, num_val=6, image_size=128, seed=2, size_range=(0.15, 0.6),
+                           progress=False)
+    args = ["-m", "spinenet.cli", "evaluate", "--checkpoint", str(root / "demo" / "shapes49s_fp16.pt"),
+            "--val_data", str(tmp_path / "d/annotations/instances_val.json"), str(tmp_path / "d/val"),
+            "--num_workers", "0", "--no_progress", "--device", "cpu"]
+    subprocess.run([sys.executable, *args, "--output", str(tmp_path / "one")], check=True, timeout=600, env=env(),
+                   capture_output=True)
+    r = subprocess.run([str(BIN / "torchrun"), "--nproc_per_node", "2", "--master_port", "29532", *args,
+                        "--output", str(tmp_path / "two")], capture_output=True, text=True, timeout=600, env=env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["num_images"] == one["num_images"] == 6
+    assert two["AP"] == pytest.approx(one["AP"], abs=1e-9) and one["AP50"] > 0
+    assert len(json.loads((tmp_path / "two" / "results.json").read_text())) == one["num_detections"]
