@@ -85,8 +85,8 @@ class TrainLoader:
     """Iterates ``(images, cls_targets, box_targets, num_positives)``, skipping batches with no usable image."""
 
     def __init__(self, dataset: CocoDetection, loader: DataLoader, start_batch: int):
-        self.dataset, self.loader, self.start_batch = dataset, loader, start_batch
-        self.consumed = start_batch
+        self.dataset, self.loader = dataset, loader
+        self.consumed = start_batch  # micro-batches taken so far, counting those of the run being resumed
         self.skipped_images = 0  # in this process's run (worker processes keep their own dataset copies)
 
     def __iter__(self):
@@ -96,7 +96,7 @@ class TrainLoader:
             if batch is not None:
                 yield batch
 
-    def position(self, step_in_run: int | None = None) -> DataPosition:
+    def position(self) -> DataPosition:
         return DataPosition(batches_consumed=self.consumed)
 
 

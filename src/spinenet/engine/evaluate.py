@@ -132,14 +132,12 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
                         batch_size: int = 8, device: str | None = "auto", num_workers: int = 2,
                         progress: bool = True) -> dict:
     """``spinenet evaluate``: COCO metrics of a checkpoint; writes ``results.json`` and ``metrics.json``."""
-    from spinenet.engine.checkpoint import load_model
+    from spinenet.engine.checkpoint import checkpoint_config, load_model
     from spinenet.engine.data import build_eval_loader
     from spinenet.engine.distributed import init_distributed
 
     dist_info = init_distributed(device)
     model, ckpt = load_model(checkpoint, map_location=dist_info.device)
-    from spinenet.engine.checkpoint import checkpoint_config
-
     cfg = checkpoint_config(ckpt, str(checkpoint))
     loader = build_eval_loader(cfg, val_data, batch_size, dist_info, num_workers)
     evaluator = CocoEvaluator(val_data[0])

@@ -136,7 +136,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     variant = get_model_info(cfg.spinenet.model_id).name
     label_map = loader.dataset.label_map()
 
-    def save(final: bool = False, metrics: dict | None = None) -> Path | None:
+    def save(metrics: dict | None = None) -> None:
         nonlocal best
         states = [None] * world
         if dist_info.distributed:
@@ -144,19 +144,18 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
         else:
             states = [rng_state()]
         if not dist_info.is_main:
-            return None
+            return
         extra = {"step": step, "optimizer": optimizer.state_dict(), "rng": states,
-                 "data_position": vars(loader.position(step_in_run=step)), "best_metric": best,
+                 "data_position": vars(loader.position()), "best_metric": best,
                  "metrics": metrics or {}, **opts.extra_metadata}
         ckpt = make_checkpoint(detector, cfg, variant=variant, label_map=label_map, extra=extra)
-        path = save_checkpoint(ckpt, model_dir / f"ckpt-{step}.pt")
+        save_checkpoint(ckpt, model_dir / f"ckpt-{step}.pt")
         if metrics and (best is None or metrics["AP"] > best):
             best = metrics["AP"]
             ckpt["best_metric"] = best
             save_checkpoint(ckpt, model_dir / "best.pt")
         for old in _checkpoints(model_dir)[:-opts.keep_last]:
             old.unlink(missing_ok=True)
-        return path
 
     from tqdm import tqdm
 
@@ -222,7 +221,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
                 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                     writer.add_scalar(f"eval/{k}", metrics[k], step)
         if do_eval or step == last_step or step % opts.checkpoint_every == 0:
-            save(final=step == last_step, metrics=metrics if do_eval else None)
+            save(metrics=metrics if do_eval else None)
     bar.close()
     if writer is not None:
         writer.close()
