@@ -148,3 +148,19 @@ def test_window_size():
     assert window_size(10**6, PostprocessParams(nms_version="batched"), 2000) == 2000
     with pytest.raises(ValueError, match="at least max_total_size"):
         window_size(10**6, params, 50)
+
+
+def test_topk_is_exact_ties_included(monkeypatch):
+    from spinenet.deploy import postprocess_export as pe
+
+    monkeypatch.setattr(pe, "_SPLIT_TOPK_FROM", 8)  # split even small inputs
+    g = torch.Generator().manual_seed(0)
+    scores = torch.round(torch.randn(3, 4000, generator=g) * 4) / 4  # a 0.25 grid: many exact ties
+    # The reference: a stable sort over ascending indices, descending values; ties at the k-th place included.
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for k in (1, 100, 2000, 2001):
+        ref = order[:, :k]
+        for fn in (pe._topk_lowest_index_first, pe._topk_in_halves):
+            values, index = fn(scores, k)
+            assert torch.equal(index, ref), (fn.__name__, k)
+            assert torch.equal(values, torch.gather(scores, 1, ref)), (fn.__name__, k)

@@ -8,8 +8,8 @@ global score order in which a candidate is suppressed only by earlier **kept** c
 class**: each class's pass sees the same boxes in the same order and the other classes never interact. The
 reference's top ``max_total_size`` is then the first ``max_total_size`` kept in that order. So:
 
-1. scores (B, C, N) class-major -> flat (B, C*N); TopK ``pre_nms_topk`` (ties: lower class, then lower anchor
-   first, which is the reference's order);
+1. the top ``pre_nms_topk`` of the scores in the reference's class-major order (ties: lower class, then lower
+   anchor first), found level by level on the NCHW maps without a class-major copy (:func:`_top_candidates`);
 2. gather and decode only those boxes, clip them to image_info row 1;
 3. a (k, k) "would suppress" matrix: same class, earlier in the order, IoU over the threshold;
 4. the greedy keep vector, exactly, by a fixed-point iteration that ends when every candidate is decided
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from spinenet.modeling.box_coder import clip_boxes, decode_boxes
-from spinenet.modeling.postprocess import PostprocessParams, _check_maps, _pairwise_iou
+from spinenet.modeling.postprocess import PostprocessParams, _check_maps
 
 DEFAULT_PRE_NMS_TOPK = 2000
 
@@ -51,11 +51,14 @@ def window_size(num_scores: int, params: PostprocessParams, pre_nms_topk: int) -
 
 def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict[int, Tensor], anchors: Tensor,
                                image_info: Tensor, params: PostprocessParams | None = None,
-                               pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK) -> dict[str, Tensor]:
+                               pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK, *,
+                               background_channel: bool = True) -> dict[str, Tensor]:
     """Static-shape twin of :func:`~spinenet.modeling.postprocess.generate_detections` (same arguments and outputs).
 
     ``cls_outputs[l]``: (B, A*K, H_l, W_l), ``box_outputs[l]``: (B, A*4, H_l, W_l); ``anchors``: (N, 4) yxyx;
-    ``image_info``: (B, 4, 2), boxes are clipped to row 1. Returns ``num_detections`` int32 (B,),
+    ``image_info``: (B, 4, 2), boxes are clipped to row 1. ``background_channel=False`` for class maps whose
+    background channels were dropped (A*(K-1) channels, ``a*(K-1) + c - 1`` for class c; see
+    :func:`~spinenet.deploy.optimize.optimize_for_inference`). Returns ``num_detections`` int32 (B,),
     ``detection_boxes`` float32 (B, M, 4), ``detection_classes`` int32 (B, M) (1..K-1),
     ``detection_scores`` float32 (B, M), M = ``params.max_total_size``; empty slots hold zero boxes and
     classes and score -1 ("v1") or 0 ("v2", "batched").
@@ -63,23 +66,18 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     params = params or PostprocessParams()
     first = min(box_outputs)
     num_anchors = box_outputs[first].shape[1] // 4
-    num_classes = cls_outputs[first].shape[1] // num_anchors
-    levels = _check_maps(cls_outputs, box_outputs, num_classes)
+    channels = cls_outputs[first].shape[1] // num_anchors  # classes per anchor in the maps
+    levels = _check_maps(cls_outputs, box_outputs, channels)
+    num_classes = channels - 1 if background_channel else channels  # foreground classes
     batch = cls_outputs[first].shape[0]
-    # (B, C, N) class-major scores, background dropped: flat index c*N + n, so TopK's lower-index-first tie
-    # rule orders equal scores by class, then anchor, as the reference's per-class concatenation does.
-    scores = torch.cat([_class_major(cls_outputs[lvl], num_anchors, num_classes) for lvl in levels], dim=2)
-    num_boxes = scores.shape[2]
+    sizes = [int(cls_outputs[lvl].shape[2] * cls_outputs[lvl].shape[3]) for lvl in levels]
+    num_boxes = num_anchors * sum(sizes)
     if anchors.shape[0] != num_boxes:
         raise ValueError(f"{anchors.shape[0]} anchors for {num_boxes} head outputs: the anchors were built for "
                          "another image size or anchor configuration")
-    scores = scores.float()  # TF runs the post-processing in float32 whatever the model's dtype
-    if params.apply_sigmoid:
-        scores = torch.sigmoid(scores)
-    k = window_size(scores.shape[1] * num_boxes, params, pre_nms_topk)
-    top_scores, top_index = _topk_lowest_index_first(scores.reshape(batch, -1), k)  # (B, k) each
-    top_class = top_index // num_boxes  # (B, k) 0..C-1
-    top_anchor = top_index - top_class * num_boxes  # (B, k) 0..N-1
+    k = window_size(num_classes * num_boxes, params, pre_nms_topk)
+    top_scores, top_class, top_anchor = _top_candidates(
+        [cls_outputs[lvl] for lvl in levels], sizes, num_anchors, num_classes, background_channel, params, k)
 
     # Decode only the k candidates: decoding is elementwise, so this is bit-identical to decoding all N.
     deltas = torch.cat([_anchor_major(box_outputs[lvl], 4) for lvl in levels], dim=1).float()  # (B, N, 4)
@@ -118,11 +116,43 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     }
 
 
-def _class_major(logits: Tensor, num_anchors: int, num_classes: int) -> Tensor:
-    """(B, A*K, H, W), channel a*K + c -> (B, K-1, H*W*A): class-major, anchor order (y, x, a), background dropped."""
-    b, _, h, w = logits.shape
-    x = logits.reshape(b, num_anchors, num_classes, h, w).permute(0, 2, 3, 4, 1)  # (B, K, H, W, A)
-    return x.reshape(b, num_classes, h * w * num_anchors)[:, 1:]
+def _top_candidates(logits: list[Tensor], sizes: list[int], num_anchors: int, num_classes: int,
+                    background_channel: bool, params: PostprocessParams, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The reference's top ``k`` (anchor, class) candidates: (scores, classes 0..K-2, anchor indices), each (B, k).
+
+    The reference ranks sigmoid scores in class-major order (flat index ``c*N + n``, anchors ``n`` in (level, y,
+    x, anchor) order) and breaks ties by that index. Read straight off the NCHW maps instead of building that
+    (B, K-1, N) copy: a top-k per level on the *logits* (the sigmoid is monotone, so each level's share of the
+    global top k is among them), the sigmoid of those few only, then one top-k over the union ordered by
+    (score descending, reference index ascending). The union is first put in reference-index order, so TopK's
+    lower-position-first rule for equal scores is the reference's. (Two logits whose sigmoids round to the same
+    float rank as the reference too, unless they straddle a level's k-th place, the window's known limit.)
+    """
+    batch = logits[0].shape[0]
+    total = num_anchors * sum(sizes)
+    values, keys = [], []
+    offset = 0
+    for x, hw in zip(logits, sizes, strict=True):
+        x = x.reshape(batch, num_anchors, num_classes + int(background_channel), hw)
+        if background_channel:
+            x = x[:, :, 1:]
+        per_level = num_anchors * num_classes * hw
+        v, flat = _topk_in_halves(x.reshape(batch, per_level), min(k, per_level))
+        anchor = flat // (num_classes * hw)  # flat = (a*C + c)*HW + p
+        cls = flat // hw - anchor * num_classes
+        pixel = flat - (anchor * num_classes + cls) * hw
+        keys.append(cls * total + offset + pixel * num_anchors + anchor)  # the reference's flat index c*N + n
+        values.append(v)
+        offset += hw * num_anchors
+    values, keys = torch.cat(values, dim=1).float(), torch.cat(keys, dim=1)  # TF post-processes in float32
+    if params.apply_sigmoid:
+        values = torch.sigmoid(values)
+    order = torch.topk(keys, keys.shape[1], dim=1, largest=False).indices  # keys are distinct: a plain sort
+    values, keys = torch.gather(values, 1, order), torch.gather(keys, 1, order)
+    top_scores, position = _topk_lowest_index_first(values, k)
+    top_key = torch.gather(keys, 1, position)
+    top_class = top_key // total
+    return top_scores, top_class, top_key - top_class * total
 
 
 def _anchor_major(x: Tensor, per_anchor: int) -> Tensor:
@@ -143,18 +173,42 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     return torch.gather(x, 1, index)
 
 
+# Below this many scores one TopK is as fast as two halves (ONNX Runtime, 2 threads: 5.4 -> 3.5 ms for the
+# 5.2 M scores of level 3 at 640x640; more pieces are slower again, each sorting its own k winners).
+_SPLIT_TOPK_FROM = 1 << 20
+
+
+def _topk_in_halves(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """:func:`_topk_lowest_index_first` of ``scores`` (B, M) as the top k of each half (two rows of one TopK,
+    which ONNX Runtime runs on two threads where a single row runs on one), then the top k of the 2k winners.
+    Exact, ties included: the halves' winners hold the overall winners, first half first, each half's in
+    value order with equal values by index, so among equal values the lower position is the lower index."""
+    b, m = scores.shape
+    if m < _SPLIT_TOPK_FROM or m % 2 or k > m // 2:
+        return _topk_lowest_index_first(scores, k)
+    half = m // 2
+    values, index = _topk_lowest_index_first(scores.reshape(b * 2, half), k)
+    index = index.reshape(b, 2, k) + torch.tensor([0, half]).reshape(1, 2, 1)
+    values, position = _topk_lowest_index_first(values.reshape(b, 2 * k), k)
+    return values, torch.gather(index.reshape(b, 2 * k), 1, position)
+
+
 def _topk_lowest_index_first(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` of ``scores`` (B, M) along dim 1, sorted descending, equal values in ascending index order.
 
     ONNX TopK guarantees that tie rule (opset 11+: "the element with the lower index will appear first"), so
-    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager mode re-sorts the k
-    winners: by index, then a stable sort by value. (Which of several values tied exactly at the k-th place
-    gets in may still differ; that only matters when the window is too small anyway.)
+    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager mode takes every score
+    above the k-th value and, of those equal to it, the lowest-indexed ones, then orders the k winners by
+    value with a stable sort over ascending indices.
     """
     values, index = torch.topk(scores, k, dim=1)
     if torch.onnx.is_in_onnx_export():
         return values, index
-    index = torch.sort(index, dim=1).values
+    kth = values[:, -1:]  # (B, 1)
+    greater, equal = scores > kth, scores == kth
+    room = k - greater.sum(dim=1, keepdim=True)  # how many of the values equal to the k-th get in
+    chosen = greater | (equal & (torch.cumsum(equal, dim=1) <= room))
+    index = chosen.nonzero()[:, 1].reshape(scores.shape[0], k)  # exactly k per row, ascending
     values = torch.gather(scores, 1, index)
     order = torch.sort(values, dim=1, descending=True, stable=True).indices
     return torch.gather(values, 1, order), torch.gather(index, 1, order)
@@ -170,12 +224,30 @@ def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParam
     """
     k = boxes.shape[1]
     model_garden = params.nms_version == "v2"
-    iou = _pairwise_iou(boxes.unsqueeze(2), boxes.unsqueeze(1), 1e-8 if model_garden else 0.0)  # (B, k, k)
+    iou = _pairwise_iou_no_degenerate_check(boxes, 1e-8 if model_garden else 0.0)  # (B, k, k)
     overlap = iou >= params.nms_iou_threshold if model_garden else iou > params.nms_iou_threshold
     same_class = classes.unsqueeze(2) == classes.unsqueeze(1)  # (B, k, k)
     order = torch.arange(k)
     earlier = order.unsqueeze(1) < order.unsqueeze(0)  # (k, k) strictly upper triangular; torch.triu needs opset 14
     return (overlap & same_class & earlier).to(torch.float32)
+
+
+def _pairwise_iou_no_degenerate_check(boxes: Tensor, union_eps: float) -> Tensor:
+    """(B, k, k) IoU of every pair of decoded, clipped yxyx ``boxes`` (B, k, 4): the float32 operations of
+    :func:`~spinenet.modeling.postprocess._pairwise_iou`, in the same order, without its final "0 unless both
+    areas are positive" select, which costs as much as the rest here and changes no comparison: decoded boxes
+    have ymax >= ymin and xmax >= xmin, so a box without positive area has zero height or width, its
+    intersection with anything is 0, and its IoU is 0 (or 0/0 = NaN without the epsilon), which passes
+    ``> t`` for no t, and ``>= t`` exactly when 0 does (NaN only arises without the epsilon, for '>')."""
+    y1, x1, y2, x2 = boxes.unbind(-1)  # (B, k) each
+    area = (y2 - y1) * (x2 - x1)
+    inter_h = torch.clamp(torch.minimum(y2.unsqueeze(2), y2.unsqueeze(1)) - torch.maximum(y1.unsqueeze(2),
+                                                                                          y1.unsqueeze(1)), min=0.0)
+    inter_w = torch.clamp(torch.minimum(x2.unsqueeze(2), x2.unsqueeze(1)) - torch.maximum(x1.unsqueeze(2),
+                                                                                          x1.unsqueeze(1)), min=0.0)
+    inter = inter_h * inter_w
+    union = area.unsqueeze(2) + area.unsqueeze(1) - inter
+    return inter / (union + union_eps) if union_eps else inter / union
 
 
 def _greedy_keep(valid: Tensor, suppress: Tensor) -> Tensor:

@@ -50,6 +50,9 @@ class RetinaNetHead(nn.Module):
         super().__init__()
         levels = list(range(min_level, max_level + 1))
         self.num_classes, self.num_anchors = num_classes, num_anchors
+        # False once an inference rewrite has removed the never-read background channels of the class
+        # predictor (spinenet.deploy.optimize): the class maps then have A*(K-1) channels, a*(K-1) + c - 1.
+        self.background_channel = True
         kw = dict(activation=activation, bn_momentum=bn_momentum, bn_eps=bn_eps)
         prior_bias = -math.log((1 - prior_prob) / prior_prob)  # -4.59512 for 0.01
         self.class_net = Subnet(in_channels, num_filters, num_convs, num_classes * num_anchors, levels,

@@ -87,6 +87,19 @@ class Conv2dTF(nn.Conv2d):
         return super().forward(x)
 
 
+def _ceil_mode_is_same(size: int, kernel: int, stride: int) -> bool:
+    """True when an unpadded ``ceil_mode`` max-pool covers the same windows as TF ``'SAME'`` on this axis: TF
+    pads nothing before, and both give ceil(size / stride) windows starting at 0, stride apart (ceil_mode's
+    last window may run past the end, where SAME's -inf padding sits)."""
+    before, _ = tf_same_pad_amounts(size, kernel, stride)
+    if before or size < kernel:
+        return False
+    out = -(-(size - kernel) // stride) + 1  # PyTorch's ceil_mode output size, padding 0
+    if (out - 1) * stride >= size:  # a last window starting past the input is dropped
+        out -= 1
+    return out == -(-size // stride)
+
+
 class MaxPoolSame(nn.Module):
     """Max-pool with TF ``'SAME'`` padding (-inf fill, extra pixel bottom/right)."""
 
@@ -95,6 +108,10 @@ class MaxPoolSame(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x: Tensor) -> Tensor:
+        if all(_ceil_mode_is_same(int(n), self.kernel_size, self.stride) for n in x.shape[-2:]):
+            # No padding before and at most a partial last window: ceil_mode pools exactly the same windows,
+            # without a Pad (which costs a copy, and in ONNX Runtime a layout change before and after).
+            return F.max_pool2d(x, self.kernel_size, self.stride, ceil_mode=True)
         x = pad_same(x, self.kernel_size, self.stride, value=float("-inf"))
         return F.max_pool2d(x, self.kernel_size, self.stride)
 

@@ -107,8 +107,17 @@ class Resample(nn.Module):
         if self.down is not None:
             x = self.pools(self.down(x))
         elif self.upsample > 1:
-            x = F.interpolate(x, scale_factor=self.upsample, mode="nearest")  # integer factor: pixel repeat
+            if not self.training:
+                # In eval mode ``expand`` (1x1 conv + BN with stored statistics) acts on each pixel alone, so it
+                # commutes with pixel repetition: run it before upsampling, on upsample^2 times fewer pixels.
+                # Training keeps the reference's order (BN batch statistics are taken on the upsampled map).
+                return _upsample(self.expand(x), self.upsample)
+            x = _upsample(x, self.upsample)
         return self.expand(x)
+
+
+def _upsample(x: Tensor, factor: int) -> Tensor:
+    return F.interpolate(x, scale_factor=factor, mode="nearest")  # integer factor: pixel repeat
 
 
 class ScalePermutedBlock(nn.Module):

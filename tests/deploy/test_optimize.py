@@ -1,0 +1,54 @@
+"""The inference rewrites compute the same maps as the checkpoint's model, and leave it untouched."""
+
+import pytest
+import torch
+
+from spinenet.deploy.optimize import optimize_for_inference
+
+SIZE = 128
+
+
+def _maps(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _max_rel(a: dict, b: dict) -> float:
+    return max(float((a[lvl] - b[lvl]).abs().max() / b[lvl].abs().max()) for lvl in b)
+
+
+@pytest.mark.parametrize("conv_algorithm", ["direct", "winograd"])
+def test_same_maps_as_the_model(small_model, random_images, conv_algorithm):
+    from spinenet.deploy.export import ExportWrapper
+
+    x = ExportWrapper(small_model, image_size=(SIZE, SIZE)).preprocess(random_images(1, seed=3))
+    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    fast = optimize_for_inference(small_model, conv_algorithm=conv_algorithm, winograd_min_pixels=1)
+    cls, box = _maps(small_model, x)
+    fcls, fbox = _maps(fast, x)
+    assert _max_rel(fcls, cls) < 1e-4 and _max_rel(fbox, box) < 1e-4
+    assert all(torch.equal(v, before[k]) for k, v in small_model.state_dict().items())  # original untouched
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())  # folded
+    n_winograd = sum(type(m).__name__ == "WinogradConv2d" for m in fast.modules())
+    assert (n_winograd > 0) == (conv_algorithm == "winograd")
+
+
+def test_dropping_background_keeps_every_foreground_channel(small_model, random_images):
+    from spinenet.deploy.export import ExportWrapper
+
+    x = ExportWrapper(small_model, image_size=(SIZE, SIZE)).preprocess(random_images(1, seed=4))
+    fast = optimize_for_inference(small_model, conv_algorithm="direct", drop_background=True)
+    assert fast.head.background_channel is False and small_model.head.background_channel is True
+    cls, _ = _maps(small_model, x)
+    fcls, _ = _maps(fast, x)
+    a, k = small_model.head.num_anchors, small_model.num_classes
+    for lvl, ref in cls.items():
+        b, _, h, w = ref.shape
+        foreground = ref.reshape(b, a, k, h, w)[:, :, 1:].reshape(b, a * (k - 1), h, w)
+        assert fcls[lvl].shape == foreground.shape
+        torch.testing.assert_close(fcls[lvl], foreground, rtol=0, atol=1e-4 * float(foreground.abs().max()))
+
+
+def test_unknown_algorithm_is_named(small_model):
+    with pytest.raises(ValueError, match="winograd, direct"):
+        optimize_for_inference(small_model, conv_algorithm="fft")
