@@ -10,9 +10,10 @@ converted by `spinenet convert`) on the same 640x640 image at batch 1:
   export (`--conv_algorithm winograd`) and with `direct` convolutions; ONNX Runtime on the raw-maps export
   (forward alone); OpenVINO fp32 and bf16 on the default export; PyTorch eager fp32.
 
-Each of this project's rows runs in its own process (so its peak RSS is its own) with the same thread count.
+Each of this project's rows runs in its own process (so its peak RSS is its own) with the same thread count,
+``--rounds`` times round-robin.
 
-    python benchmarks/deploy_speed.py --tf_python .venv-tf/bin/python [--runs 10] [--threads 2]
+    python benchmarks/deploy_speed.py --tf_python .venv-tf/bin/python [--runs 10] [--rounds 3] [--threads 2]
 
 Prints a table (median of --runs after 3 warm-ups, peak RSS) and the ratios to TF's forward + post-processing:
 ONNX Runtime fp32 (issue target <= 0.5) and the best backend at fp32 (issue target <= 0.4). Exit status 0 when
@@ -100,7 +101,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tf_python", default=".venv-tf/bin/python")
     p.add_argument("--workdir", default="runs/deploy_speed")
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--runs", type=int, default=10, help="timed runs per row and round, after 3 warm-ups")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds over all of this project's rows, each row in a fresh process; a row's figure is "
+                        "the median of its round medians")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--reuse", action="store_true", help="reuse the TF recording and timings in --workdir")
     p.add_argument("--_row", help=argparse.SUPPRESS)
@@ -139,13 +143,21 @@ def main() -> int:
         ("spinenet PyTorch eager fp32", "forward + postprocess",
          {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "direct"}),
     ]
-    rows = []
-    for name, what, spec in configs:
-        try:
-            rows.append((name, what, spec.get("precision", "fp32"), _run_row({**spec, "reference": ref},
-                                                                              args.runs, args.threads)))
-        except subprocess.CalledProcessError as e:  # e.g. OpenVINO not installed: say so, keep the others
-            print(f"skipped {name}: {e.stderr.strip().splitlines()[-1] if e.stderr else e}", flush=True)
+    results: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
+    for round_ in range(args.rounds):  # round-robin, so a drift of the machine's speed hits every row alike
+        for i, (name, _, spec) in enumerate(configs):
+            try:
+                results[i].append(_run_row({**spec, "reference": ref}, args.runs, args.threads))
+            except subprocess.CalledProcessError as e:  # e.g. a runtime not installed: say so, keep the others
+                print(f"skipped {name}: {e.stderr.strip().splitlines()[-1] if e.stderr else e}", flush=True)
+        print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
+            f"{configs[i][0].removeprefix('spinenet ')} {configs[i][1]} {r[-1]['median_ms']:.0f} ms"
+            for i, r in results.items() if r), flush=True)
+    rows = [(name, what, spec.get("precision", "fp32"),
+             {"median_ms": statistics.median(r["median_ms"] for r in results[i]),
+              "round_medians_ms": [r["median_ms"] for r in results[i]],
+              "peak_rss_mib": max(r["peak_rss_mib"] for r in results[i])})
+            for i, (name, what, spec) in enumerate(configs) if results[i]]
     tf_after = json.loads((work / "timing_after.json").read_text()) if reuse else _tf_timing(args, work, "after")
 
     tf = {k: (tf_before[k]["median_ms"] + tf_after[k]["median_ms"]) / 2 for k in ("forward", "forward_postprocess")}
@@ -154,7 +166,8 @@ def main() -> int:
              *rows]
     width = max(len(r[0]) for r in table)
     print(f"\nSpineNet-49S RetinaNet, 640x640, batch 1, CPU ({platform.machine()}, {os.cpu_count()} cores, "
-          f"{args.threads} threads), median of {args.runs} after 3 warm-ups")
+          f"{args.threads} threads); TF: median of {args.runs} runs after 3 warm-ups; this project: median over "
+          f"{args.rounds} rounds of the median of {args.runs} runs after 3 warm-ups, each in a fresh process")
     print(f"TF forward + postprocess: {tf_before['forward_postprocess']['median_ms']:.1f} ms before this "
           f"project's rows, {tf_after['forward_postprocess']['median_ms']:.1f} ms after; "
           f"mean {tf['forward_postprocess']:.1f}")
