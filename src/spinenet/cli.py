@@ -13,7 +13,7 @@ SpineNet + RetinaNet object detection in PyTorch, faithful to Google's reference
 
 commands:
   models     list the SpineNet RetinaNet variants (input size, parameters, published COCO AP)
-  convert    turn a TensorFlow Model Garden checkpoint into a spinenet checkpoint (.pt)
+  convert    TF1 TPU checkpoint, frozen graph or Model Garden checkpoint -> spinenet checkpoint (.pt)
   synth      write a synthetic COCO-format dataset (for tests, benchmarks and the demo)
   train      train with the reference recipe on COCO-format data (CPU, GPU, torchrun)
   evaluate   COCO mAP of a checkpoint on COCO-format data

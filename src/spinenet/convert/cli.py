@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import argparse
 
-SOURCES = ("model-garden",)
+SOURCES = ("model-garden", "tpu", "tpu-frozen-graph")
 
 EPILOG = """\
 examples:
+  spinenet convert --from tpu --checkpoint model.ckpt-231500 --output spinenet49s.pt
+  spinenet convert --from tpu --checkpoint spinenet-49S-best.tar.gz --output spinenet49s.pt
+  spinenet convert --from tpu-frozen-graph --checkpoint spinenet_tf_310.pb --output spinenet49s.pt
   spinenet convert --from model-garden --checkpoint ckpt/ckpt-1 --output spinenet49s.pt
   spinenet convert --from model-garden --checkpoint ckpt_dir/ --config_file spinenet49S_retinanet.yaml \\
       --params_override "{ architecture: { num_classes: 91 } }" --output model.pt
 
-The checkpoint may be given as its prefix (ckpt-1), its .index file, or a folder holding one. No TensorFlow
-is needed: the checkpoint files are read directly. The variant and class count are read off the checkpoint's
-shapes; --config_file / --params_override only set what the weights can't tell (post-processing, training).
+sources:
+  tpu               TF1 Cloud TPU checkpoint (tensorflow/tpu, models/official/detection): the published
+                    spinenet-*.tar.gz, its model.ckpt-N prefix, .index file, or a folder holding one
+  tpu-frozen-graph  the same model frozen into a GraphDef .pb (e.g. the seed's spinenet_tf_310.pb)
+  model-garden      TF2 Model Garden (tf-models-official) tf.train.Checkpoint
+
+No TensorFlow is needed: checkpoints, archives and graphs are read directly. The variant, head size and
+class count are read off the weights' shapes; --config_file / --params_override only set what the weights
+can't tell (post-processing, training; for TF1 checkpoints also relu vs swish, which a frozen graph shows).
 """
 
 
@@ -24,9 +33,11 @@ def add_convert_parser(sub) -> None:
                                    "PyTorch checkpoint (weights, variant, resolved config, label map).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="source", required=True, choices=SOURCES,
-                   help="layout of the checkpoint: model-garden = TF2 Model Garden (tf-models-official)")
+                   help="layout of the checkpoint: tpu = TF1 Cloud TPU checkpoint, tpu-frozen-graph = its frozen "
+                        ".pb, model-garden = TF2 Model Garden (tf-models-official)")
     p.add_argument("--checkpoint", "--checkpointpath", dest="checkpoint", required=True,
-                   help="checkpoint prefix, .index file, or folder holding one")
+                   help="checkpoint prefix, .index file, folder holding one, .tar.gz (tpu) or .pb "
+                        "(tpu-frozen-graph)")
     p.add_argument("--output", required=True, help="where to write the .pt checkpoint")
     p.add_argument("--config_file", default=None,
                    help="reference-format YAML (default: the packaged YAML of the detected variant)")
@@ -40,10 +51,15 @@ def add_convert_parser(sub) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from spinenet.convert.model_garden import convert_model_garden
+    kwargs = dict(config_file=args.config_file, params_override=args.params_override,
+                  label_map_file=args.label_map_file, model_id=args.model_id)
+    if args.source == "model-garden":
+        from spinenet.convert.model_garden import convert_model_garden
 
-    result = convert_model_garden(args.checkpoint, args.output, config_file=args.config_file,
-                                  params_override=args.params_override, label_map_file=args.label_map_file,
-                                  model_id=args.model_id)
+        result = convert_model_garden(args.checkpoint, args.output, **kwargs)
+    else:
+        from spinenet.convert.tpu import convert_tpu
+
+        result = convert_tpu(args.checkpoint, args.output, frozen_graph=args.source == "tpu-frozen-graph", **kwargs)
     print(result.summary())
     return 0

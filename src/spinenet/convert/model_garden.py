@@ -296,7 +296,7 @@ def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLik
     layout = detect_layout(reader)
     if layout == "tpu":
         raise ConversionError(f"{reader.prefix} looks like a TF1 TPU checkpoint (variables named spinenet/…, "
-                              "retinanet/…), not Model Garden: its import is not supported yet (`--from tpu`).")
+                              "retinanet/…), not a Model Garden one: use --from tpu")
     if layout != "model-garden":
         raise ConversionError(f"{reader.prefix} is a TensorFlow checkpoint but not a Model Garden SpineNet "
                               f"RetinaNet one (first variables: {', '.join(reader.keys()[:4])})")
