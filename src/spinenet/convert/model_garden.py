@@ -287,10 +287,7 @@ def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLik
                          label_map_file: str | os.PathLike | None = None,
                          model_id: str | None = None) -> ConversionResult:
     """Convert a Model Garden checkpoint to a spinenet ``.pt`` (written atomically)."""
-    from spinenet.data.label_map import coco_label_map, read_label_map
-    from spinenet.engine.checkpoint import make_checkpoint, save_checkpoint
     from spinenet.modeling.factory import build_retinanet
-    from spinenet.registry import get_model_info
 
     reader = TFCheckpointReader(checkpoint)
     layout = detect_layout(reader)
@@ -313,6 +310,19 @@ def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLik
     state = map_weights(reader, names, model)
     model.load_state_dict(state, strict=True)
 
+    out, n_params = save_converted(model, cfg, model_id, output, label_map_file,
+                                   {"format": "model-garden", "checkpoint": str(reader.prefix)})
+    return ConversionResult(out, model_id, cfg.architecture.num_classes, len(reader.keys()), n_params)
+
+
+def save_converted(model: nn.Module, cfg, model_id: str, output: str | os.PathLike,
+                   label_map_file: str | os.PathLike | None, source: dict[str, str]) -> tuple[Path, int]:
+    """Write a converted model as the project's self-describing checkpoint (the label map from
+    ``label_map_file``, else COCO's for 91 classes, else ``class_i``); returns its path and parameter count."""
+    from spinenet.data.label_map import coco_label_map, read_label_map
+    from spinenet.engine.checkpoint import make_checkpoint, save_checkpoint
+    from spinenet.registry import get_model_info
+
     if label_map_file is not None:
         label_map = read_label_map(label_map_file)
     elif cfg.architecture.num_classes == 91:
@@ -320,7 +330,5 @@ def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLik
     else:
         label_map = {i: f"class_{i}" for i in range(1, cfg.architecture.num_classes)}
     ckpt = make_checkpoint(model, cfg, variant=get_model_info(model_id).name, label_map=label_map,
-                           extra={"source": {"format": "model-garden", "checkpoint": str(reader.prefix)}})
-    out = save_checkpoint(ckpt, output)
-    n_params = sum(p.numel() for p in model.parameters())
-    return ConversionResult(out, model_id, cfg.architecture.num_classes, len(reader.keys()), n_params)
+                           extra={"source": source})
+    return save_checkpoint(ckpt, output), sum(p.numel() for p in model.parameters())

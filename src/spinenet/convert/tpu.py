@@ -39,7 +39,14 @@ from torch import nn
 
 from spinenet.config import ExperimentConfig, load_config
 from spinenet.convert.graphdef import FrozenGraph
-from spinenet.convert.model_garden import BN_FIELDS, ConversionError, ConversionResult, _Assigner, detect_layout
+from spinenet.convert.model_garden import (
+    BN_FIELDS,
+    ConversionError,
+    ConversionResult,
+    _Assigner,
+    detect_layout,
+    save_converted,
+)
 from spinenet.convert.tf_checkpoint import TFCheckpointError, TFCheckpointReader
 from spinenet.modeling.layers import Bottleneck, ConvNormAct
 from spinenet.modeling.spinenet import SCALING_MAP, SpineNet, level_filters
@@ -468,10 +475,7 @@ def convert_tpu(checkpoint: str | os.PathLike, output: str | os.PathLike, *, fro
 
 def _convert(w: TPUWeights, output: str | os.PathLike, fmt: str, config_file, params_override, label_map_file,
              model_id: str | None) -> ConversionResult:
-    from spinenet.data.label_map import coco_label_map, read_label_map
-    from spinenet.engine.checkpoint import make_checkpoint, save_checkpoint
     from spinenet.modeling.factory import build_retinanet
-    from spinenet.registry import get_model_info
 
     _check_layout(w)
     arch = infer_tpu_architecture(w)
@@ -508,16 +512,8 @@ def _convert(w: TPUWeights, output: str | os.PathLike, fmt: str, config_file, pa
     state = map_tpu_weights(w, model, notes=notes)
     model.load_state_dict(state, strict=True)
 
-    if label_map_file is not None:
-        label_map = read_label_map(label_map_file)
-    elif cfg.architecture.num_classes == 91:
-        label_map = coco_label_map()
-    else:
-        label_map = {i: f"class_{i}" for i in range(1, cfg.architecture.num_classes)}
-    ckpt = make_checkpoint(model, cfg, variant=get_model_info(model_id).name, label_map=label_map,
-                           extra={"source": {"format": fmt, "checkpoint": w.source}})
-    out = save_checkpoint(ckpt, output)
-    n_params = sum(p.numel() for p in model.parameters())
+    out, n_params = save_converted(model, cfg, model_id, output, label_map_file,
+                                   {"format": fmt, "checkpoint": w.source})
     used = sum(1 for n in w.names() if not _ignored(n) and n.startswith(MODEL_SCOPES))
     return ConversionResult(out, model_id, cfg.architecture.num_classes, used, n_params, notes)
 
