@@ -149,28 +149,37 @@ def check_against_reference(model: torch.nn.Module, reference: dict[str, np.ndar
 
 def model_for_recording(metadata: dict) -> torch.nn.Module:
     """The (possibly width-reduced) Model Garden-convention RetinaNet that a recording's metadata describes."""
+    norm, gen = metadata["norm_activation"], metadata["detection_generator"]
+    return reference_retinanet(
+        str(metadata["model_id"]), metadata["scaling_map_entry"], "model_garden",
+        levels=(metadata["min_level"], metadata["max_level"]), num_classes=metadata["num_classes"],
+        head=(metadata["head_num_convs"], metadata["head_num_filters"]),
+        bn=dict(activation=norm["activation"], bn_momentum=1.0 - norm["norm_momentum"], bn_eps=norm["norm_epsilon"]),
+        anchor=metadata["anchor"],
+        postprocess=dict(max_total_size=gen["max_num_detections"], nms_iou_threshold=gen["nms_iou_threshold"],
+                         score_threshold=gen["pre_nms_score_threshold"], pre_nms_num_boxes=gen["pre_nms_top_k"],
+                         nms_version=gen["nms_version"]))
+
+
+def reference_retinanet(model_id: str, scaling: dict, convention: str, *, levels: tuple[int, int], num_classes: int,
+                        head: tuple[int, int], bn: dict, anchor: dict, postprocess: dict) -> torch.nn.Module:
+    """An eval-mode RetinaNet built straight from a reference recording's facts, so that width-reduced
+    ``scaling`` entries (which no config names) can be rebuilt: ``head`` = (num_convs, num_filters), ``bn`` =
+    activation/bn_momentum/bn_eps, ``anchor`` = num_scales/aspect_ratios/anchor_size, ``postprocess`` =
+    :class:`~spinenet.modeling.postprocess.PostprocessParams` fields."""
     from spinenet.modeling.head import RetinaNetHead
     from spinenet.modeling.postprocess import PostprocessParams
     from spinenet.modeling.retinanet import AnchorParams, DetectorParams, RetinaNet
     from spinenet.modeling.spinenet import Scaling, SpineNet
 
-    norm = metadata["norm_activation"]
-    bn = dict(activation=norm["activation"], bn_momentum=1.0 - norm["norm_momentum"], bn_eps=norm["norm_epsilon"])
-    anchor = metadata["anchor"]
-    gen = metadata["detection_generator"]
-    backbone = SpineNet(str(metadata["model_id"]), scaling=Scaling(**metadata["scaling_map_entry"]),
-                        min_level=metadata["min_level"], max_level=metadata["max_level"],
-                        convention="model_garden", **bn)
+    min_level, max_level = levels
+    backbone = SpineNet(model_id, scaling=Scaling(**scaling), min_level=min_level, max_level=max_level,
+                        convention=convention, **bn)
     num_anchors = anchor["num_scales"] * len(anchor["aspect_ratios"])
-    head = RetinaNetHead(backbone.out_channels, metadata["num_classes"], num_anchors,
-                         min_level=metadata["min_level"], max_level=metadata["max_level"],
-                         num_convs=metadata["head_num_convs"], num_filters=metadata["head_num_filters"], **bn)
+    net_head = RetinaNetHead(backbone.out_channels, num_classes, num_anchors, min_level=min_level,
+                             max_level=max_level, num_convs=head[0], num_filters=head[1], **bn)
     params = DetectorParams(
-        min_level=metadata["min_level"], max_level=metadata["max_level"], convention="model_garden",
+        min_level=min_level, max_level=max_level, convention=convention,
         anchor=AnchorParams(anchor["num_scales"], tuple(anchor["aspect_ratios"]), anchor["anchor_size"]),
-        postprocess=PostprocessParams(max_total_size=gen["max_num_detections"],
-                                      nms_iou_threshold=gen["nms_iou_threshold"],
-                                      score_threshold=gen["pre_nms_score_threshold"],
-                                      pre_nms_num_boxes=gen["pre_nms_top_k"], nms_version=gen["nms_version"],
-                                      convention="model_garden"))
-    return RetinaNet(backbone, head, params).eval()
+        postprocess=PostprocessParams(**postprocess, convention=convention))
+    return RetinaNet(backbone, net_head, params).eval()

@@ -538,27 +538,16 @@ def _check_layout(w: TPUWeights) -> None:
 def model_from_reference_metadata(meta: dict) -> nn.Module:
     """The TF1-convention RetinaNet (eval mode) that ``tools/tf1_reference.py``'s ``variables.json`` metadata
     describes, width-reduced SCALING_MAP entries included."""
-    from spinenet.modeling.head import RetinaNetHead
-    from spinenet.modeling.postprocess import PostprocessParams
-    from spinenet.modeling.retinanet import AnchorParams, DetectorParams, RetinaNet
-    from spinenet.modeling.spinenet import Scaling
+    from spinenet.convert.parity import reference_retinanet
 
     p = meta["params"]
-    arch, bn, anchor, post = p["architecture"], p["batch_norm_activation"], p["anchor"], p["postprocess"]
-    kw = dict(activation=bn["activation"], bn_momentum=1.0 - bn["batch_norm_momentum"],
-              bn_eps=bn["batch_norm_epsilon"])
-    backbone = SpineNet(str(p["spinenet"]["model_id"]), scaling=Scaling(**meta["scaling_map_entry"]),
-                        min_level=arch["min_level"], max_level=arch["max_level"], convention="tpu", **kw)
-    num_anchors = anchor["num_scales"] * len(anchor["aspect_ratios"])
-    head = RetinaNetHead(backbone.out_channels, arch["num_classes"], num_anchors, min_level=arch["min_level"],
-                         max_level=arch["max_level"], num_convs=p["retinanet_head"]["num_convs"],
-                         num_filters=p["retinanet_head"]["num_filters"], **kw)
-    params = DetectorParams(
-        min_level=arch["min_level"], max_level=arch["max_level"], convention="tpu",
-        anchor=AnchorParams(anchor["num_scales"], tuple(anchor["aspect_ratios"]), anchor["anchor_size"]),
-        postprocess=PostprocessParams(max_total_size=post["max_total_size"],
-                                      nms_iou_threshold=post["nms_iou_threshold"],
-                                      score_threshold=post["score_threshold"],
-                                      pre_nms_num_boxes=post["pre_nms_num_boxes"], nms_version=post["nms_version"],
-                                      convention="tpu"))
-    return RetinaNet(backbone, head, params).eval()
+    arch, bn, post = p["architecture"], p["batch_norm_activation"], p["postprocess"]
+    return reference_retinanet(
+        str(p["spinenet"]["model_id"]), meta["scaling_map_entry"], "tpu",
+        levels=(arch["min_level"], arch["max_level"]), num_classes=arch["num_classes"],
+        head=(p["retinanet_head"]["num_convs"], p["retinanet_head"]["num_filters"]),
+        bn=dict(activation=bn["activation"], bn_momentum=1.0 - bn["batch_norm_momentum"],
+                bn_eps=bn["batch_norm_epsilon"]),
+        anchor=p["anchor"],
+        postprocess={k: post[k] for k in ("max_total_size", "nms_iou_threshold", "score_threshold",
+                                          "pre_nms_num_boxes", "nms_version")})
