@@ -29,6 +29,10 @@ def test_same_maps_as_the_model(small_model, random_images, conv_algorithm):
     assert _max_rel(fcls, cls) < 1e-4 and _max_rel(fbox, box) < 1e-4
     assert all(torch.equal(v, before[k]) for k, v in small_model.state_dict().items())  # original untouched
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())  # folded
+    # 49S's odd widths (41, 83, 166, 164, 332, ...) all padded to multiples of 16; the image input keeps 3.
+    convs = [m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert any(c.out_channels % 16 for c in small_model.backbone.modules() if isinstance(c, torch.nn.Conv2d))
+    assert all(c.out_channels % 16 == 0 and (c.in_channels % 16 == 0 or c.in_channels == 3) for c in convs)
     n_winograd = sum(type(m).__name__ == "WinogradConv2d" for m in fast.modules())
     assert (n_winograd > 0) == (conv_algorithm == "winograd")
 
