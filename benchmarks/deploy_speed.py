@@ -1,14 +1,17 @@
 """CPU latency of the deployed model against TF Model Garden, measured in one run on this machine.
 
 Every row runs the *same* weights (Model Garden's SpineNet-49S RetinaNet with redrawn, informative weights,
-converted by `spinenet convert`) on the same 640x640 image at batch 1:
+converted by `spinenet convert`) on the same 640x640 image, at batch 1 (``--batch`` N repeats it):
 
 * TF Model Garden, graph mode (`tf.function`): raw forward, and forward + decoding + NMS (its detection
   generator). Timed twice, before and after this project's rows, so that a drift of the machine's speed
   during the run shows; the reference figure is the mean of the two medians.
 * this project: the exported graph (uint8 image in -> the five outputs) in ONNX Runtime fp32, with the default
   export (`--conv_algorithm winograd`) and with `direct` convolutions; ONNX Runtime on the raw-maps export
-  (forward alone); OpenVINO fp32 and bf16 on the default export; PyTorch eager fp32.
+  (forward alone); OpenVINO fp32 on the default export (forward alone and with post-processing) and bf16 on
+  the direct one;
+  PyTorch eager fp32 as the checkpoint runs (forward alone and with post-processing) and with the export's
+  inference rewrites.
 
 Each of this project's rows runs in its own process (so its peak RSS is its own) with the same thread count,
 ``--rounds`` times round-robin.
@@ -43,7 +46,8 @@ def _row(spec: dict, runs: int, threads: int) -> dict:
     from spinenet.deploy.benchmark import time_ms
 
     ref = np.load(spec["reference"])
-    image = np.ascontiguousarray(ref["images_uint8"][:1])
+    batch = int(spec.get("batch", 1))
+    image = np.ascontiguousarray(np.repeat(ref["images_uint8"][:1], batch, axis=0))
     if spec["backend"] == "torch":
         import torch
 
@@ -52,7 +56,9 @@ def _row(spec: dict, runs: int, threads: int) -> dict:
 
         torch.set_num_threads(threads)
         model, _ = load_model(spec["model"])
-        wrapper = ExportWrapper(model, image_size=image.shape[1:3], conv_algorithm=spec.get("conv_algorithm")).eval()
+        wrapper = ExportWrapper(model, batch_size=batch, image_size=image.shape[1:3],
+                                conv_algorithm=spec.get("conv_algorithm"),
+                                postprocess=spec.get("postprocess", "v1")).eval()
         x = torch.from_numpy(image)
 
         def run():
@@ -63,7 +69,7 @@ def _row(spec: dict, runs: int, threads: int) -> dict:
 
         sess = open_session(spec["model"], spec["backend"], "cpu", threads, spec.get("precision", "fp32"))
         feed = image if sess.input_dtype == np.uint8 else \
-            np.ascontiguousarray(ref["input_normalized"][:1]).astype(np.float32)
+            np.ascontiguousarray(np.repeat(ref["input_normalized"][:1], batch, axis=0)).astype(np.float32)
 
         def run():
             return sess.run(feed)
@@ -89,11 +95,11 @@ def _run_row(spec: dict, runs: int, threads: int) -> dict:
 
 def _tf_timing(args, work: Path, tag: str) -> dict:
     cmd = [args.tf_python, str(HERE.parent / "tools" / "model_garden_fixture.py"), "--model_id", "49S",
-           "--output", str(work), "--time_runs", str(args.runs), "--num_images", "1"]
+           "--output", str(work), "--time_runs", str(args.runs), "--time_batch", str(args.batch), "--num_images", "1"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     timing = json.loads((work / "timing.json").read_text())
-    (work / f"timing_{tag}.json").write_text(json.dumps(timing, indent=1))
+    (work / f"timing_{tag}_b{args.batch}.json").write_text(json.dumps(timing, indent=1))
     return timing
 
 
@@ -106,6 +112,7 @@ def main() -> int:
                    help="rounds over all of this project's rows, each row in a fresh process; a row's figure is "
                         "the median of its round medians")
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--batch", type=int, default=1, help="batch size of every row (default 1)")
     p.add_argument("--reuse", action="store_true", help="reuse the TF recording and timings in --workdir")
     p.add_argument("--_row", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -114,8 +121,10 @@ def main() -> int:
         return 0
 
     work = Path(args.workdir)
-    reuse = args.reuse and (work / "timing_before.json").exists() and (work / "timing_after.json").exists()
-    tf_before = json.loads((work / "timing_before.json").read_text()) if reuse else _tf_timing(args, work, "before")
+    b = args.batch
+    before, after = work / f"timing_before_b{b}.json", work / f"timing_after_b{b}.json"
+    reuse = args.reuse and before.exists() and after.exists()
+    tf_before = json.loads(before.read_text()) if reuse else _tf_timing(args, work, "before")
 
     import torch
 
@@ -126,28 +135,33 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     convert_model_garden(work / "ckpt", work / "model.pt", model_id="49S")
     model, _ = load_model(work / "model.pt")
-    onnx = {name: export_onnx(model, work / f"{name}.onnx", image_size=(640, 640), **kw) for name, kw in (
-        ("full", {}), ("full_direct", {"conv_algorithm": "direct"}), ("raw", {"postprocess": "none"}))}
+    onnx = {name: export_onnx(model, work / f"{name}_b{b}.onnx", batch_size=b, image_size=(640, 640), **kw)
+            for name, kw in (("full", {}), ("full_direct", {"conv_algorithm": "direct"}),
+                             ("raw", {"postprocess": "none"}))}
     ref = str(work / "reference.npz")
     configs = [
         ("spinenet ONNX Runtime fp32", "forward", {"backend": "onnxruntime", "model": str(onnx["raw"])}),
         ("spinenet ONNX Runtime fp32", "forward + postprocess", {"backend": "onnxruntime", "model": str(onnx["full"])}),
         ("spinenet ONNX Runtime fp32, direct conv", "forward + postprocess",
          {"backend": "onnxruntime", "model": str(onnx["full_direct"])}),
+        ("spinenet OpenVINO fp32", "forward", {"backend": "openvino", "model": str(onnx["raw"]), "precision": "fp32"}),
         ("spinenet OpenVINO fp32", "forward + postprocess",
          {"backend": "openvino", "model": str(onnx["full"]), "precision": "fp32"}),
         ("spinenet OpenVINO fp32, direct conv", "forward + postprocess",
          {"backend": "openvino", "model": str(onnx["full_direct"]), "precision": "fp32"}),
         ("spinenet OpenVINO bf16", "forward + postprocess",
          {"backend": "openvino", "model": str(onnx["full_direct"]), "precision": "bf16"}),
-        ("spinenet PyTorch eager fp32", "forward + postprocess",
-         {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "direct"}),
+        ("spinenet PyTorch eager fp32", "forward",
+         {"backend": "torch", "model": str(work / "model.pt"), "postprocess": "none"}),
+        ("spinenet PyTorch eager fp32", "forward + postprocess", {"backend": "torch", "model": str(work / "model.pt")}),
+        ("spinenet PyTorch eager fp32, inference rewrites", "forward + postprocess",
+         {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "winograd"}),
     ]
     results: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
     for round_ in range(args.rounds):  # round-robin, so a drift of the machine's speed hits every row alike
         for i, (name, _, spec) in enumerate(configs):
             try:
-                results[i].append(_run_row({**spec, "reference": ref}, args.runs, args.threads))
+                results[i].append(_run_row({**spec, "reference": ref, "batch": b}, args.runs, args.threads))
             except subprocess.CalledProcessError as e:  # e.g. a runtime not installed: say so, keep the others
                 print(f"skipped {name}: {e.stderr.strip().splitlines()[-1] if e.stderr else e}", flush=True)
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
@@ -158,24 +172,25 @@ def main() -> int:
               "round_medians_ms": [r["median_ms"] for r in results[i]],
               "peak_rss_mib": max(r["peak_rss_mib"] for r in results[i])})
             for i, (name, what, spec) in enumerate(configs) if results[i]]
-    tf_after = json.loads((work / "timing_after.json").read_text()) if reuse else _tf_timing(args, work, "after")
+    tf_after = json.loads(after.read_text()) if reuse else _tf_timing(args, work, "after")
 
     tf = {k: (tf_before[k]["median_ms"] + tf_after[k]["median_ms"]) / 2 for k in ("forward", "forward_postprocess")}
     table = [("TF Model Garden, graph mode", "forward", "fp32", {"median_ms": tf["forward"]}),
              ("TF Model Garden, graph mode", "forward + postprocess", "fp32", {"median_ms": tf["forward_postprocess"]}),
              *rows]
     width = max(len(r[0]) for r in table)
-    print(f"\nSpineNet-49S RetinaNet, 640x640, batch 1, CPU ({platform.machine()}, {os.cpu_count()} cores, "
+    print(f"\nSpineNet-49S RetinaNet, 640x640, batch {b}, CPU ({platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads); TF: median of {args.runs} runs after 3 warm-ups; this project: median over "
           f"{args.rounds} rounds of the median of {args.runs} runs after 3 warm-ups, each in a fresh process")
     print(f"TF forward + postprocess: {tf_before['forward_postprocess']['median_ms']:.1f} ms before this "
           f"project's rows, {tf_after['forward_postprocess']['median_ms']:.1f} ms after; "
           f"mean {tf['forward_postprocess']:.1f}")
-    print(f"{'':{width}}  {'':22}  {'prec.':5}  {'median ms':>9}  {'ratio':>5}  {'peak RSS':>8}")
+    print(f"{'':{width}}  {'':22}  {'prec.':5}  {'ms/batch':>9}  {'img/s':>6}  {'ratio':>5}  {'peak RSS':>8}")
     for name, what, prec, r in table:
         ratio = r["median_ms"] / tf["forward_postprocess"] if what != "forward" else r["median_ms"] / tf["forward"]
         rss = f"{r['peak_rss_mib']:.0f} MiB" if "peak_rss_mib" in r else "n/a"
-        print(f"{name:{width}}  {what:22}  {prec:5}  {r['median_ms']:9.1f}  {ratio:5.2f}  {rss:>8}")
+        print(f"{name:{width}}  {what:22}  {prec:5}  {r['median_ms']:9.1f}  {1000 * b / r['median_ms']:6.2f}  "
+              f"{ratio:5.2f}  {rss:>8}")
     by_name = {name: r for name, what, _, r in rows if what == "forward + postprocess"}
     ort_ratio = by_name["spinenet ONNX Runtime fp32"]["median_ms"] / tf["forward_postprocess"]
     best_name, best = min(((n, r) for n, w, prec, r in rows if w == "forward + postprocess" and prec == "fp32"),
@@ -183,9 +198,9 @@ def main() -> int:
     best_ratio = best["median_ms"] / tf["forward_postprocess"]
     print(f"ratio ONNX Runtime fp32 / TF Model Garden, forward + postprocess: {ort_ratio:.2f} (target <= {ORT_TARGET})")
     print(f"ratio best fp32 backend ({best_name}) / TF Model Garden: {best_ratio:.2f} (target <= {BEST_TARGET})")
-    (work / "results.json").write_text(json.dumps({"tf": tf, "tf_before": tf_before, "tf_after": tf_after,
-                                                   "rows": rows, "ort_ratio": ort_ratio, "best": best_name,
-                                                   "best_ratio": best_ratio, "threads": args.threads}, indent=1))
+    summary = {"batch": b, "tf": tf, "tf_before": tf_before, "tf_after": tf_after, "rows": rows,
+               "ort_ratio": ort_ratio, "best": best_name, "best_ratio": best_ratio, "threads": args.threads}
+    (work / f"results_b{b}.json").write_text(json.dumps(summary, indent=1))
     return 0 if ort_ratio <= ORT_TARGET else 1
 
 
