@@ -95,7 +95,8 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
 
     # The first max_total_size kept candidates, in order: TopK on a key that falls with the position.
     slots = min(params.max_total_size, k)
-    position_key = torch.arange(k, 0, -1, dtype=torch.float32)  # k..1: exact in float32 for k < 2^24
+    # k..1: exact in float32 for k < 2^24
+    position_key = torch.arange(k, 0, -1, dtype=torch.float32, device=kept.device)
     slot_key, slot = torch.topk(torch.where(kept, position_key, torch.zeros_like(position_key)), slots, dim=1)
     filled = slot_key > 0  # (B, slots)
     pad_score = -1.0 if params.nms_version == "v1" else 0.0
@@ -105,9 +106,9 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     out_classes = torch.where(filled, torch.gather(top_class, 1, slot) + 1, torch.zeros_like(slot))  # COCO ids
     if slots < params.max_total_size:  # fewer scores than output slots (tiny models): pad with empty slots
         extra = params.max_total_size - slots
-        out_scores = torch.cat([out_scores, torch.full((batch, extra), pad_score)], dim=1)
-        out_boxes = torch.cat([out_boxes, torch.zeros(batch, extra, 4)], dim=1)
-        out_classes = torch.cat([out_classes, torch.zeros(batch, extra, dtype=out_classes.dtype)], dim=1)
+        out_scores = torch.cat([out_scores, out_scores.new_full((batch, extra), pad_score)], dim=1)
+        out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(batch, extra, 4)], dim=1)
+        out_classes = torch.cat([out_classes, out_classes.new_zeros(batch, extra)], dim=1)
     return {
         "num_detections": (out_scores > pad_score).to(torch.int32).sum(dim=1, dtype=torch.int32),
         "detection_boxes": out_boxes,
@@ -169,7 +170,7 @@ def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
     (Shape/Where/ConstantOfShape), which ONNX shape inference can't resolve, so every tensor downstream would
     lose its static shape.
     """
-    index = index.unsqueeze(-1) + torch.zeros(1, 1, 4, dtype=index.dtype)  # (B, k, 4) by broadcasting
+    index = index.unsqueeze(-1) + index.new_zeros(1, 1, 4)  # (B, k, 4) by broadcasting
     return torch.gather(x, 1, index)
 
 
@@ -188,7 +189,7 @@ def _topk_in_halves(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         return _topk_lowest_index_first(scores, k)
     half = m // 2
     values, index = _topk_lowest_index_first(scores.reshape(b * 2, half), k)
-    index = index.reshape(b, 2, k) + torch.tensor([0, half]).reshape(1, 2, 1)
+    index = index.reshape(b, 2, k) + torch.tensor([0, half], device=index.device).reshape(1, 2, 1)
     values, position = _topk_lowest_index_first(values.reshape(b, 2 * k), k)
     return values, torch.gather(index.reshape(b, 2 * k), 1, position)
 
@@ -227,7 +228,7 @@ def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParam
     iou = _pairwise_iou_no_degenerate_check(boxes, 1e-8 if model_garden else 0.0)  # (B, k, k)
     overlap = iou >= params.nms_iou_threshold if model_garden else iou > params.nms_iou_threshold
     same_class = classes.unsqueeze(2) == classes.unsqueeze(1)  # (B, k, k)
-    order = torch.arange(k)
+    order = torch.arange(k, device=boxes.device)
     earlier = order.unsqueeze(1) < order.unsqueeze(0)  # (k, k) strictly upper triangular; torch.triu needs opset 14
     return (overlap & same_class & earlier).to(torch.float32)
 
