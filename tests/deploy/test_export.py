@@ -125,3 +125,21 @@ def test_cli_parses_the_seed_flags(tmp_path):
     assert (args.input_type, args.postprocess) == ("image_tensor", "v1")
     assert resolve_output_path(tmp_path, "retinanet_spinenet49s") == tmp_path / "retinanet_spinenet49s.onnx"
     assert resolve_output_path(tmp_path / "m.onnx", "v") == tmp_path / "m.onnx"
+
+
+def test_conv_algorithm_is_recorded_and_direct_keeps_plain_convolutions(small_model, detection_onnx, tmp_path):
+    winograd = onnx.load(detection_onnx)
+    direct = onnx.load(export_onnx(small_model, tmp_path / "direct.onnx", batch_size=BATCH, image_size=(SIZE, SIZE),
+                                   conv_algorithm="direct"))
+    meta = {m.key: m.value for m in direct.metadata_props}
+    assert meta["spinenet.conv_algorithm"] == "direct"
+    assert {m.key: m.value for m in winograd.metadata_props}["spinenet.conv_algorithm"] == "winograd"
+    # Winograd's output transform is a DepthToSpace; a direct export has none. The backbone's BN is folded
+    # into its convolutions in both (the head's per-level BN after shared convolutions stays a node).
+    assert "DepthToSpace" in all_op_types(winograd.graph) and "DepthToSpace" not in all_op_types(direct.graph)
+    for proto in (winograd, direct):
+        assert not [n.name for n in proto.graph.node if n.op_type == "BatchNormalization" and "/backbone/" in n.name]
+        assert [n.name for n in proto.graph.node if n.op_type == "BatchNormalization" and "/head/" in n.name]
+    with pytest.raises(ValueError, match="winograd, direct"):
+        export_onnx(small_model, tmp_path / "x.onnx", conv_algorithm="fft")
+    assert not (tmp_path / "x.onnx").exists()
