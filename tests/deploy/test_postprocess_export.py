@@ -164,3 +164,25 @@ def test_topk_is_exact_ties_included(monkeypatch):
             values, index = fn(scores, k)
             assert torch.equal(index, ref), (fn.__name__, k)
             assert torch.equal(values, torch.gather(scores, 1, ref)), (fn.__name__, k)
+
+
+def test_tile_major_class_maps_give_the_same_detections():
+    # A Winograd class predictor hands its maps over in tile-major order, (B, 16, A*C, H/4, W/4) with element
+    # [b, i*4 + j, ch, t, u] = map[b, ch, 4t + i, 4u + j]; levels whose sides are not multiples of 4 stay NCHW.
+    cls, box = _random_maps(2, 256, 6, seed=9, objects=8)
+    cls = {lvl: torch.sigmoid(c).reshape(2, NUM_ANCHORS, 6, *c.shape[2:])[:, :, 1:].reshape(2, -1, *c.shape[2:])
+           for lvl, c in cls.items()}  # background dropped, as an optimised head does
+    params = PostprocessParams(apply_sigmoid=False)
+    info = default_image_info(2, 256, 256)
+
+    def tiles(x):
+        b, ch, h, w = x.shape
+        return x.reshape(b, ch, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).reshape(b, 16, ch, h // 4, w // 4)
+
+    mixed = {lvl: tiles(c) if c.shape[2] % 4 == 0 else c for lvl, c in cls.items()}
+    assert any(m.dim() == 5 for m in mixed.values()) and any(m.dim() == 4 for m in mixed.values())
+    ref = generate_detections_export(cls, box, _anchors(256), info, params, background_channel=False)
+    out = generate_detections_export(mixed, box, _anchors(256), info, params, background_channel=False)
+    assert (ref["num_detections"] == 100).all()
+    for key in ref:
+        assert torch.equal(out[key], ref[key]), key

@@ -5,7 +5,9 @@
 * every BatchNorm that follows a backbone convolution is folded into that convolution's weights and bias;
 * optionally (``drop_background=True``, for graphs that end in post-processing) the class predictor loses the
   background channel of each anchor, which the reference's post-processing never reads: 9 of 819 output
-  channels for COCO;
+  channels for COCO; with Winograd, its maps on Winograd levels then come back in tile-major order
+  (``WinogradConv2d.forward_tiles``: (B, 16, A*(K-1), H/4, W/4)), which the export's post-processing reads
+  directly, skipping a DepthToSpace of the largest tensor in the graph;
 * the backbone's channel counts are rounded up to multiples of 16 with zero filters (:func:`pad_backbone_channels`);
 * the head's 3x3 convolutions run as Winograd F(4x4, 3x3) (:mod:`spinenet.modeling.winograd`) on feature maps
   of at least ``winograd_min_pixels`` pixels; smaller maps, and the backbone, keep direct convolutions, which
@@ -135,6 +137,8 @@ def optimize_for_inference(model: RetinaNet, *, conv_algorithm: str = "winograd"
         pad_backbone_channels(fast.backbone, channel_multiple)
     if conv_algorithm == "winograd":
         _replace_3x3(fast.head, winograd_min_pixels)
+        if drop_background:  # only post-processing reads these maps: let it read them in tile-major order
+            fast.head.class_net.predict.tile_major_output = True
     return fast
 
 

@@ -66,18 +66,20 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     params = params or PostprocessParams()
     first = min(box_outputs)
     num_anchors = box_outputs[first].shape[1] // 4
-    channels = cls_outputs[first].shape[1] // num_anchors  # classes per anchor in the maps
-    levels = _check_maps(cls_outputs, box_outputs, channels)
+    channels = cls_outputs[first].shape[-3] // num_anchors  # classes per anchor in the maps
+    levels = _check_maps({lvl: _as_nchw_shape(c, background_channel) for lvl, c in cls_outputs.items()},
+                         box_outputs, channels)
     num_classes = channels - 1 if background_channel else channels  # foreground classes
     batch = cls_outputs[first].shape[0]
-    sizes = [int(cls_outputs[lvl].shape[2] * cls_outputs[lvl].shape[3]) for lvl in levels]
+    sizes = [int(box_outputs[lvl].shape[2] * box_outputs[lvl].shape[3]) for lvl in levels]
     num_boxes = num_anchors * sum(sizes)
     if anchors.shape[0] != num_boxes:
         raise ValueError(f"{anchors.shape[0]} anchors for {num_boxes} head outputs: the anchors were built for "
                          "another image size or anchor configuration")
     k = window_size(num_classes * num_boxes, params, pre_nms_topk)
     top_scores, top_class, top_anchor = _top_candidates(
-        [cls_outputs[lvl] for lvl in levels], sizes, num_anchors, num_classes, background_channel, params, k)
+        [cls_outputs[lvl] for lvl in levels], [tuple(box_outputs[lvl].shape[2:]) for lvl in levels], num_anchors,
+        num_classes, background_channel, params, k)
 
     # Decode only the k candidates: decoding is elementwise, so this is bit-identical to decoding all N.
     deltas = torch.cat([_anchor_major(box_outputs[lvl], 4) for lvl in levels], dim=1).float()  # (B, N, 4)
@@ -117,12 +119,24 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     }
 
 
-def _top_candidates(logits: list[Tensor], sizes: list[int], num_anchors: int, num_classes: int,
+def _as_nchw_shape(cls: Tensor, background_channel: bool) -> Tensor:
+    """A tile-major class map (B, 16, C, H/4, W/4) as an (uncopied, unordered) (B, C, H, W) view, for the shape
+    checks only; NCHW maps as they are."""
+    if cls.dim() != 5:
+        return cls
+    if background_channel:
+        raise ValueError("tile-major class maps come from an optimised head, whose background channels are dropped")
+    b, _, c, th, tw = cls.shape
+    return cls.reshape(b, c, th * 4, tw * 4)
+
+
+def _top_candidates(logits: list[Tensor], shapes: list[tuple[int, int]], num_anchors: int, num_classes: int,
                     background_channel: bool, params: PostprocessParams, k: int) -> tuple[Tensor, Tensor, Tensor]:
     """The reference's top ``k`` (anchor, class) candidates: (scores, classes 0..K-2, anchor indices), each (B, k).
 
     The reference ranks sigmoid scores in class-major order (flat index ``c*N + n``, anchors ``n`` in (level, y,
-    x, anchor) order) and breaks ties by that index. Read straight off the NCHW maps instead of building that
+    x, anchor) order) and breaks ties by that index. Read straight off the maps (NCHW, or tile-major from a
+    Winograd predictor, see :func:`_as_nchw_shape`) instead of building that
     (B, K-1, N) copy: a top-k per level on the *logits* (the sigmoid is monotone, so each level's share of the
     global top k is among them), the sigmoid of those few only, then one top-k over the union ordered by
     (score descending, reference index ascending). The union is first put in reference-index order, so TopK's
@@ -130,18 +144,31 @@ def _top_candidates(logits: list[Tensor], sizes: list[int], num_anchors: int, nu
     float rank as the reference too, unless they straddle a level's k-th place, the window's known limit.)
     """
     batch = logits[0].shape[0]
-    total = num_anchors * sum(sizes)
+    total = num_anchors * sum(h * w for h, w in shapes)
     values, keys = [], []
     offset = 0
-    for x, hw in zip(logits, sizes, strict=True):
-        x = x.reshape(batch, num_anchors, num_classes + int(background_channel), hw)
-        if background_channel:
-            x = x[:, :, 1:]
+    for x, (h, w) in zip(logits, shapes, strict=True):
+        hw = h * w
         per_level = num_anchors * num_classes * hw
-        v, flat = _topk_in_halves(x.reshape(batch, per_level), min(k, per_level))
-        anchor = flat // (num_classes * hw)  # flat = (a*C + c)*HW + p
-        cls = flat // hw - anchor * num_classes
-        pixel = flat - (anchor * num_classes + cls) * hw
+        if x.dim() == 5:  # tile-major (B, 16, A*C, H/4, W/4): flat = ((i*4 + j)*A*C + a*C + c)*T + t
+            v, flat = _topk_in_halves(x.reshape(batch, per_level), min(k, per_level))
+            tiles, tw = hw // 16, w // 4
+            tile_pixel = flat // (num_anchors * num_classes * tiles)
+            rest = flat - tile_pixel * (num_anchors * num_classes * tiles)
+            anchor = rest // (num_classes * tiles)
+            cls = rest // tiles - anchor * num_classes
+            t = rest - (anchor * num_classes + cls) * tiles
+            ti, tj = tile_pixel // 4, tile_pixel - (tile_pixel // 4) * 4
+            row, col = t // tw, t - (t // tw) * tw
+            pixel = (row * 4 + ti) * w + col * 4 + tj
+        else:  # NCHW (B, A*K, H, W): flat = (a*C + c)*HW + p
+            x = x.reshape(batch, num_anchors, num_classes + int(background_channel), hw)
+            if background_channel:
+                x = x[:, :, 1:]
+            v, flat = _topk_in_halves(x.reshape(batch, per_level), min(k, per_level))
+            anchor = flat // (num_classes * hw)
+            cls = flat // hw - anchor * num_classes
+            pixel = flat - (anchor * num_classes + cls) * hw
         keys.append(cls * total + offset + pixel * num_anchors + anchor)  # the reference's flat index c*N + n
         values.append(v)
         offset += hw * num_anchors

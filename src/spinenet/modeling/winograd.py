@@ -83,7 +83,25 @@ class WinogradConv2d(nn.Module):
         return cls(conv.weight, conv.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, c, h, w = (int(s) for s in x.shape)  # static in an export: plain ints keep every shape static
+        b, _, h, w = (int(s) for s in x.shape)  # static in an export: plain ints keep every shape static
+        th, tw = -(-h // TILE), -(-w // TILE)
+        y = self._tiles(x)  # (B, 16, O, th, tw)
+        y = depth_to_space_dcr(y.reshape(b, 16 * self.out_channels, th, tw), TILE)  # (B, O, 4*th, 4*tw)
+        if TILE * th != h or TILE * tw != w:
+            y = y[:, :, :h, :w]
+        return y + self.bias
+
+    def forward_tiles(self, x: Tensor) -> Tensor:
+        """The same outputs, bias included, left in tile-major order: (B, 16, O, H/4, W/4), element
+        [b, i*4 + j, o, t, u] = output [b, o, 4t + i, 4u + j]. For a consumer that reads every output and can
+        work out positions itself (a top-k), this saves the DepthToSpace. H and W must be multiples of 4."""
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if h % TILE or w % TILE:
+            raise ValueError(f"tile-major output needs H and W in multiples of {TILE}, got {h}x{w}")
+        return self._tiles(x) + self.bias.reshape(1, 1, -1, 1, 1)
+
+    def _tiles(self, x: Tensor) -> Tensor:
+        b, c, h, w = (int(s) for s in x.shape)
         th, tw = -(-h // TILE), -(-w // TILE)
         x = x.reshape(b * c, 1, h, w)
         if h % TILE == 0 and w % TILE == 0:
@@ -95,10 +113,7 @@ class WinogradConv2d(nn.Module):
         m = torch.matmul(self.u, v)  # (B, 36, O, T)
         o = self.out_channels
         y = torch.matmul(self.kout, m.reshape(b, 36, o * th * tw))  # (B, 16, O*T): tile pixel (i, j) major
-        y = depth_to_space_dcr(y.reshape(b, 16 * o, th, tw), TILE)  # (B, O, 4*th, 4*tw)
-        if TILE * th != h or TILE * tw != w:
-            y = y[:, :, :h, :w]
-        return y + self.bias
+        return y.reshape(b, TILE * TILE, o, th, tw)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size=(3, 3), F(4x4, 3x3)"
@@ -136,16 +151,22 @@ class SizeSwitchedConv(nn.Module):
     direct convolution below that, where the transforms cost more than they save. Decided per call from the
     static input size, so an exported graph holds only the chosen path for each level."""
 
-    def __init__(self, conv: nn.Conv2d, min_pixels: int):
+    def __init__(self, conv: nn.Conv2d, min_pixels: int, *, tile_major_output: bool = False):
         super().__init__()
         self.direct = conv
         self.winograd = WinogradConv2d.from_conv(conv)
         self.min_pixels = int(min_pixels)
+        # When set, Winograd levels whose sides are multiples of 4 return WinogradConv2d.forward_tiles's
+        # 5-D tile-major maps; the others return (B, O, H, W) as usual.
+        self.tile_major_output = tile_major_output
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-2] * x.shape[-1] >= self.min_pixels:
+        h, w = x.shape[-2], x.shape[-1]
+        if h * w >= self.min_pixels:
+            if self.tile_major_output and h % TILE == 0 and w % TILE == 0:
+                return self.winograd.forward_tiles(x)
             return self.winograd(x)
         return self.direct(x)
 
     def extra_repr(self) -> str:
-        return f"min_pixels={self.min_pixels}"
+        return f"min_pixels={self.min_pixels}, tile_major_output={self.tile_major_output}"
