@@ -75,7 +75,6 @@ class ExportWrapper(nn.Module):
             model = optimize_for_inference(model, conv_algorithm=conv_algorithm, drop_background=postprocess != "none",
                                            winograd_min_pixels=winograd_min_pixels)
         self.model = model.eval()
-        self.conv_algorithm = conv_algorithm
         self.batch_size, self.image_size = int(batch_size), (h, w)
         self.input_type, self.postprocess, self.pre_nms_topk = input_type, postprocess, pre_nms_topk
         self.levels = list(range(model.params.min_level, model.params.max_level + 1))

@@ -13,9 +13,10 @@
   of at least ``winograd_min_pixels`` pixels; smaller maps, and the backbone, keep direct convolutions, which
   are faster there (see ``DEFAULT_WINOGRAD_MIN_PIXELS``).
 
-Each is exact in real arithmetic; in float32 the raw maps move by about 1e-5 of their largest magnitude
-(Winograd) and 1e-7 (folding). The copy is for running and exporting, not for training or saving: its
-parameters are laid out differently from a checkpoint's.
+Each is exact in real arithmetic; in float32 Winograd moves a layer's outputs by about 1e-5 of their largest
+magnitude and folding by rounding only (the whole network then amplifies that as it amplifies any rounding;
+``benchmarks/fast_path_accuracy.py`` checks the mAP). The copy is for running and exporting, not for training
+or saving: its parameters are laid out differently from a checkpoint's.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from spinenet.modeling.retinanet import RetinaNet
 from spinenet.modeling.spinenet import SpineNet
 from spinenet.modeling.winograd import SizeSwitchedConv, is_winograd_compatible
 
-# Where Winograd pays, measured on the 2-core CPU with ONNX Runtime fp32 (whole SpineNet-49S at 640x640, each
-# placement against the direct convolutions in the same process): in the head, on maps of 40x40 and more
-# (levels 3 and 4 at 640x640): 0.93x the direct model's time; adding level 5 (20x20): 0.95x; level 3 only:
-# 0.96x; the backbone's 3x3 convolutions as well: 0.99x. The transforms (a convolution, two transposes and a
-# transposed convolution per layer) run on fewer threads than the matrix products, so what pays on one
-# thread (0.82x with every map of 40x40 and more) does not on two.
+# Where Winograd pays, measured on the 2-core CPU (whole SpineNet-49S at 640x640, fp32, each placement against
+# the others in the same process). ONNX Runtime: Winograd in the head on maps of 40x40 and more, 0.89x the time
+# of all-direct convolutions; on maps of 20x20 and more, 0.96x of that; 10x10 and more, no further change;
+# 80x80 only, 1.02x; the backbone's 3x3 convolutions as well, no gain (their widths, 48 to 176, leave the
+# transforms, which run on fewer threads than the matrix products, too large a share). OpenVINO: the same
+# ranking (backbone too: 1.09x; head from 10x10: 1.01x).
 DEFAULT_WINOGRAD_MIN_PIXELS = 20 * 20
 CONV_ALGORITHMS = ("winograd", "direct")
 
