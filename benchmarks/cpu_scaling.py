@@ -63,15 +63,13 @@ def _row(config: str, runs: int, threads: int) -> dict:
 def _time(path: str, runs: int, threads: int) -> dict:
     import numpy as np
 
-    from spinenet.deploy.benchmark import time_ms
+    from spinenet.deploy.benchmark import peak_rss_mib, time_ms
     from spinenet.deploy.runtimes import OnnxRuntimeSession
 
     session = OnnxRuntimeSession(path, threads=threads)
     x = np.random.default_rng(0).integers(0, 256, session.input_shape, dtype=np.uint8)
     times = time_ms(lambda: session.run(x), 2, runs)
-    rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM:")) / 1024
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_rss_mib": rss}
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_rss_mib": peak_rss_mib()}
 
 
 def main() -> int:

@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -43,7 +42,7 @@ ORT_TARGET, BEST_TARGET = 0.5, 0.4
 
 def _row(spec: dict, runs: int, threads: int) -> dict:
     """Time one configuration in this process: median / min ms over ``runs`` after 3 warm-ups, peak RSS."""
-    from spinenet.deploy.benchmark import time_ms
+    from spinenet.deploy.benchmark import peak_rss_mib, time_ms
 
     ref = np.load(spec["reference"])
     batch = int(spec.get("batch", 1))
@@ -74,16 +73,8 @@ def _row(spec: dict, runs: int, threads: int) -> dict:
         def run():
             return sess.run(feed)
     times = time_ms(run, 3, runs)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_rss_mib": _peak_rss_mib()}
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "peak_rss_mib": peak_rss_mib()}
 
-
-def _peak_rss_mib() -> float:
-    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that across fork and
-    exec, so a child would report its parent's peak if larger."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
 
 
 def _run_row(spec: dict, runs: int, threads: int) -> dict:

@@ -205,16 +205,6 @@ def _cpu_peak_reset() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _cpu_peak_mib() -> float:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def module_bytes(*modules) -> int:
     seen, total = set(), 0
     for m in modules:
@@ -330,7 +320,9 @@ class Bench:
                 row["peak_abs_mib"] = round(peak / MIB, 1)
                 row["peak_kind"] = "cuda max_memory_allocated above the row's start + own weights"
             else:
-                row["peak_mib"] = round(_cpu_peak_mib(), 1)
+                from spinenet.deploy.benchmark import peak_rss_mib
+
+                row["peak_mib"] = round(peak_rss_mib(), 1)
                 row["peak_kind"] = "process peak RSS (VmHWM)"
             host_ms.sort()
             row.update(ms_median=round(statistics.median(host_ms), 4), ms_p90=round(_quantile(host_ms, 0.9), 4),

@@ -28,6 +28,21 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.processor() or 'CPU'}, {os.cpu_count()} cores".strip()
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set in MiB: ``VmHWM`` from /proc (fresh at every exec). Not getrusage's
+    ``ru_maxrss`` where /proc is there: Linux carries that across fork and exec, so a child would report its
+    parent's peak if larger."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+
+
 def time_ms(fn, warmup: int, runs: int) -> list[float]:
     """Wall times (ms) of ``runs`` calls of ``fn`` after ``warmup`` untimed ones."""
     for _ in range(warmup):

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from spinenet.modeling.box_coder import clip_boxes, decode_boxes
-from spinenet.modeling.postprocess import PostprocessParams, _check_maps
+from spinenet.modeling.postprocess import PostprocessParams, _check_maps, _pairwise_iou
 
 DEFAULT_PRE_NMS_TOPK = 2000
 
@@ -252,30 +252,14 @@ def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParam
     """
     k = boxes.shape[1]
     model_garden = params.nms_version == "v2"
-    iou = _pairwise_iou_no_degenerate_check(boxes, 1e-8 if model_garden else 0.0)  # (B, k, k)
+    # (B, k, k); only compared with the threshold, so without the degenerate-box select (see _pairwise_iou)
+    iou = _pairwise_iou(boxes.unsqueeze(2), boxes.unsqueeze(1), 1e-8 if model_garden else 0.0,
+                        degenerate_check=False)
     overlap = iou >= params.nms_iou_threshold if model_garden else iou > params.nms_iou_threshold
     same_class = classes.unsqueeze(2) == classes.unsqueeze(1)  # (B, k, k)
     order = torch.arange(k, device=boxes.device)
     earlier = order.unsqueeze(1) < order.unsqueeze(0)  # (k, k) strictly upper triangular; torch.triu needs opset 14
     return (overlap & same_class & earlier).to(torch.float32)
-
-
-def _pairwise_iou_no_degenerate_check(boxes: Tensor, union_eps: float) -> Tensor:
-    """(B, k, k) IoU of every pair of decoded, clipped yxyx ``boxes`` (B, k, 4): the float32 operations of
-    :func:`~spinenet.modeling.postprocess._pairwise_iou`, in the same order, without its final "0 unless both
-    areas are positive" select, which costs as much as the rest here and changes no comparison: decoded boxes
-    have ymax >= ymin and xmax >= xmin, so a box without positive area has zero height or width, its
-    intersection with anything is 0, and its IoU is 0 (or 0/0 = NaN without the epsilon), which passes
-    ``> t`` for no t, and ``>= t`` exactly when 0 does (NaN only arises without the epsilon, for '>')."""
-    y1, x1, y2, x2 = boxes.unbind(-1)  # (B, k) each
-    area = (y2 - y1) * (x2 - x1)
-    inter_h = torch.clamp(torch.minimum(y2.unsqueeze(2), y2.unsqueeze(1)) - torch.maximum(y1.unsqueeze(2),
-                                                                                          y1.unsqueeze(1)), min=0.0)
-    inter_w = torch.clamp(torch.minimum(x2.unsqueeze(2), x2.unsqueeze(1)) - torch.maximum(x1.unsqueeze(2),
-                                                                                          x1.unsqueeze(1)), min=0.0)
-    inter = inter_h * inter_w
-    union = area.unsqueeze(2) + area.unsqueeze(1) - inter
-    return inter / (union + union_eps) if union_eps else inter / union
 
 
 def _greedy_keep(valid: Tensor, suppress: Tensor) -> Tensor:

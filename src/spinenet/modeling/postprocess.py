@@ -226,11 +226,17 @@ def _rank_in_groups(groups: Tensor, num_groups: int) -> Tensor:
     return torch.arange(groups.shape[0], device=groups.device) - starts[groups]
 
 
-def _pairwise_iou(a: Tensor, b: Tensor, union_eps: float = 0.0) -> Tensor:
+def _pairwise_iou(a: Tensor, b: Tensor, union_eps: float = 0.0, *, degenerate_check: bool = True) -> Tensor:
     """Elementwise IoU of yxyx boxes ``a`` and ``b`` (..., 4), no +1.
 
     The float32 arithmetic of TF's NMS kernel (non_max_suppression_op.cc ``IOU``): 0 when either area is
     not positive. Model Garden's ``bbox_overlap`` adds ``union_eps = 1e-8`` to the union instead.
+
+    ``degenerate_check=False`` skips that final "0 unless both areas are positive" select, for callers that only
+    compare the IoU with a threshold (``> t``, or ``>= t`` with the epsilon) on decoded boxes (ymax >= ymin,
+    xmax >= xmin): a box without positive area then has zero height or width, so its intersection with
+    anything is 0 and its IoU 0 (or 0/0 = NaN without the epsilon), which passes ``> t`` for no t and ``>= t``
+    exactly when 0 does. Over a (k, k) matrix the select costs as much as the rest.
     """
     area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
     area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
@@ -238,6 +244,8 @@ def _pairwise_iou(a: Tensor, b: Tensor, union_eps: float = 0.0) -> Tensor:
     inter_w = torch.clamp(torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1]), min=0.0)
     inter = inter_h * inter_w
     iou = inter / (area_a + area_b - inter + union_eps)
+    if not degenerate_check:
+        return iou
     return torch.where((area_a > 0) & (area_b > 0), iou, torch.zeros_like(iou))
 
 
