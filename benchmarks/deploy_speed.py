@@ -11,7 +11,8 @@ converted by `spinenet convert`) on the same 640x640 image, at batch 1 (``--batc
   (forward alone); OpenVINO fp32 on the default export (forward alone and with post-processing) and bf16 on
   the direct one;
   PyTorch eager fp32 as the checkpoint runs (forward alone and with post-processing) and with the export's
-  inference rewrites.
+  inference rewrites; `torch.compile` (Inductor, weights frozen) of the rewritten model with direct
+  convolutions, forward alone and with post-processing (compiled once per process, before the warm-ups).
 
 Each of this project's rows runs in its own process (so its peak RSS is its own) with the same thread count,
 ``--rounds`` times round-robin.
@@ -59,10 +60,19 @@ def _row(spec: dict, runs: int, threads: int) -> dict:
                                 conv_algorithm=spec.get("conv_algorithm"),
                                 postprocess=spec.get("postprocess", "v1")).eval()
         x = torch.from_numpy(image)
+        forward = wrapper
+        if spec.get("compile"):
+            import torch._inductor.config as inductor_config
+
+            # Freezing turns the weights into constants, so Inductor can pre-pack them for oneDNN's convolutions.
+            inductor_config.freezing = True
+            forward = torch.compile(wrapper)
+            with torch.no_grad():
+                forward(x)  # compiles (about a minute here); the 3 warm-ups below then run compiled code
 
         def run():
             with torch.no_grad():
-                return wrapper(x)
+                return forward(x)
     else:
         from spinenet.deploy.runtimes import open_session
 
@@ -147,6 +157,11 @@ def main() -> int:
         ("spinenet PyTorch eager fp32", "forward + postprocess", {"backend": "torch", "model": str(work / "model.pt")}),
         ("spinenet PyTorch eager fp32, inference rewrites", "forward + postprocess",
          {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "winograd"}),
+        ("spinenet torch.compile fp32, inference rewrites", "forward",
+         {"backend": "torch", "model": str(work / "model.pt"), "postprocess": "none", "conv_algorithm": "direct",
+          "compile": True}),
+        ("spinenet torch.compile fp32, inference rewrites", "forward + postprocess",
+         {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "direct", "compile": True}),
     ]
     results: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
     for round_ in range(args.rounds):  # round-robin, so a drift of the machine's speed hits every row alike

@@ -1,9 +1,12 @@
 """The inference rewrites compute the same maps as the checkpoint's model, and leave it untouched."""
 
+from collections import Counter
+
 import pytest
 import torch
 
 from spinenet.deploy.optimize import optimize_for_inference
+from spinenet.modeling.spinenet import SPINENET_BLOCK_SPECS
 
 SIZE = 128
 
@@ -29,12 +32,26 @@ def test_same_maps_as_the_model(small_model, random_images, conv_algorithm):
     assert _max_rel(fcls, cls) < 1e-4 and _max_rel(fbox, box) < 1e-4
     assert all(torch.equal(v, before[k]) for k, v in small_model.state_dict().items())  # original untouched
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())  # folded
-    # 49S's odd widths (41, 83, 166, 164, 332, ...) all padded to multiples of 16; the image input keeps 3.
+    # 49S's odd widths (41, 83, 166, 164, 332, ...) all padded to multiples of 8; the image input keeps 3.
     convs = [m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert any(c.out_channels % 16 for c in small_model.backbone.modules() if isinstance(c, torch.nn.Conv2d))
-    assert all(c.out_channels % 16 == 0 and (c.in_channels % 16 == 0 or c.in_channels == 3) for c in convs)
-    n_winograd = sum(type(m).__name__ == "WinogradConv2d" for m in fast.modules())
-    assert (n_winograd > 0) == (conv_algorithm == "winograd")
+    assert any(c.out_channels % 8 for c in small_model.backbone.modules() if isinstance(c, torch.nn.Conv2d))
+    assert all(c.out_channels % 8 == 0 and (c.in_channels % 8 == 0 or c.in_channels == 3) for c in convs)
+    # The 1x1 reductions that read the same feature run stacked: every feature that the block table has read by
+    # more than one block.
+    readers = Counter(j for spec in SPINENET_BLOCK_SPECS for j in spec.input_offsets)
+    assert type(fast.backbone).__name__ == "SharedReduceSpineNet"
+    assert {j: len(r) for j, r in fast.backbone.readers.items()} == {j: n for j, n in readers.items() if n > 1}
+    # Winograd: every head 3x3 conv; in the backbone the wide (>= 80 input channels) 3x3 stride-1 ones only.
+    head_winograd = sum(type(m).__name__ == "WinogradConv2d" for m in fast.head.modules())
+    backbone_winograd = [m for m in fast.backbone.modules() if type(m).__name__ == "WinogradConv2d"]
+    if conv_algorithm == "winograd":
+        assert head_winograd == 10  # 4 + 4 convs and the 2 predictors
+        assert backbone_winograd and all(m.in_channels >= 80 for m in backbone_winograd)
+        narrow = [m for m in fast.backbone.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)
+                  and m.stride == (1, 1) and m.in_channels < 80]
+        assert narrow  # 49S's level-2 48-channel convolutions stay direct
+    else:
+        assert head_winograd == 0 and not backbone_winograd
 
 
 def test_dropping_background_keeps_every_foreground_channel(small_model, random_images):

@@ -167,8 +167,8 @@ def test_topk_is_exact_ties_included(monkeypatch):
 
 
 def test_tile_major_class_maps_give_the_same_detections():
-    # A Winograd class predictor hands its maps over in tile-major order, (B, 16, A*C, H/4, W/4) with element
-    # [b, i*4 + j, ch, t, u] = map[b, ch, 4t + i, 4u + j]; levels whose sides are not multiples of 4 stay NCHW.
+    # A Winograd class predictor hands its maps over in tile-major order, (B, 16, H/4, W/4, A*C) with element
+    # [b, i*4 + j, t, u, ch] = map[b, ch, 4t + i, 4u + j]; levels whose sides are not multiples of 4 stay NCHW.
     cls, box = _random_maps(2, 256, 6, seed=9, objects=8)
     cls = {lvl: torch.sigmoid(c).reshape(2, NUM_ANCHORS, 6, *c.shape[2:])[:, :, 1:].reshape(2, -1, *c.shape[2:])
            for lvl, c in cls.items()}  # background dropped, as an optimised head does
@@ -177,7 +177,7 @@ def test_tile_major_class_maps_give_the_same_detections():
 
     def tiles(x):
         b, ch, h, w = x.shape
-        return x.reshape(b, ch, h // 4, 4, w // 4, 4).permute(0, 3, 5, 1, 2, 4).reshape(b, 16, ch, h // 4, w // 4)
+        return x.reshape(b, ch, h // 4, 4, w // 4, 4).permute(0, 3, 5, 2, 4, 1).reshape(b, 16, h // 4, w // 4, ch)
 
     mixed = {lvl: tiles(c) if c.shape[2] % 4 == 0 else c for lvl, c in cls.items()}
     assert any(m.dim() == 5 for m in mixed.values()) and any(m.dim() == 4 for m in mixed.values())

@@ -6,12 +6,16 @@
 * optionally (``drop_background=True``, for graphs that end in post-processing) the class predictor loses the
   background channel of each anchor, which the reference's post-processing never reads: 9 of 819 output
   channels for COCO; with Winograd, its maps on Winograd levels then come back in tile-major order
-  (``WinogradConv2d.forward_tiles``: (B, 16, A*(K-1), H/4, W/4)), which the export's post-processing reads
-  directly, skipping a DepthToSpace of the largest tensor in the graph;
-* the backbone's channel counts are rounded up to multiples of 16 with zero filters (:func:`pad_backbone_channels`);
-* the head's 3x3 convolutions run as Winograd F(4x4, 3x3) (:mod:`spinenet.modeling.winograd`) on feature maps
-  of at least ``winograd_min_pixels`` pixels; smaller maps, and the backbone, keep direct convolutions, which
-  are faster there (see ``DEFAULT_WINOGRAD_MIN_PIXELS``).
+  ((B, 16, H/4, W/4, A*(K-1)), see :mod:`spinenet.modeling.winograd_head`), which the export's post-processing
+  reads directly, skipping the reordering of the largest tensor in the graph;
+* the backbone's channel counts are rounded up to multiples of ``channel_multiple`` (8) with zero filters
+  (:func:`pad_backbone_channels`), and the 1x1 reductions that read the same feature run as one convolution
+  (:class:`SharedReduceSpineNet`);
+* 3x3 stride-1 convolutions run as Winograd F(4x4, 3x3) (:mod:`spinenet.modeling.winograd`) on feature maps of
+  at least ``winograd_min_pixels`` pixels: all of the head's, chained in the tile domain from layer to layer
+  (:class:`~spinenet.modeling.winograd_head.WinogradHead`), and the backbone's with at least
+  ``backbone_winograd_min_channels`` (80) input channels; smaller maps and narrower backbone convolutions keep
+  direct convolutions, which are faster there (see ``DEFAULT_WINOGRAD_MIN_PIXELS``).
 
 Each is exact in real arithmetic; in float32 Winograd moves a layer's outputs by about 1e-5 of their largest
 magnitude and folding by rounding only (the whole network then amplifies that as it amplifies any rounding;
@@ -31,14 +35,23 @@ from spinenet.modeling.layers import ConvNormAct
 from spinenet.modeling.retinanet import RetinaNet
 from spinenet.modeling.spinenet import SpineNet
 from spinenet.modeling.winograd import SizeSwitchedConv, is_winograd_compatible
+from spinenet.modeling.winograd_head import WinogradHead
 
 # Where Winograd pays, measured on the 2-core CPU (whole SpineNet-49S at 640x640, fp32, each placement against
 # the others in the same process). ONNX Runtime: Winograd in the head on maps of 40x40 and more, 0.89x the time
 # of all-direct convolutions; on maps of 20x20 and more, 0.96x of that; 10x10 and more, no further change;
-# 80x80 only, 1.02x; the backbone's 3x3 convolutions as well, no gain (their widths, 48 to 176, leave the
-# transforms, which run on fewer threads than the matrix products, too large a share). OpenVINO: the same
-# ranking (backbone too: 1.09x; head from 10x10: 1.01x).
+# 80x80 only, 1.02x. OpenVINO: the same ranking (head from 10x10: 1.01x).
 DEFAULT_WINOGRAD_MIN_PIXELS = 20 * 20
+# In the backbone only the wide 3x3 convolutions gain: 49S's 88- and 168-channel ones (blocks on levels 3-5) at
+# 20x20 and more. Its 48-channel ones on level 2 (160x160) lose, the transforms' memory traffic outweighing the
+# products at that width (all of them: 1.09x in OpenVINO). Measured with the next constant, sessions interleaved
+# run by run, sum over nodes of each node's fastest run: the backbone 0.88x in ONNX Runtime (161 -> 141 ms),
+# 0.95x in OpenVINO; whole graph 0.94x and 0.96x (benchmarks/RESULTS.md).
+BACKBONE_WINOGRAD_MIN_CHANNELS = 80
+# Zero-padding the backbone's odd widths: multiples of 8 beat 16 (ONNX Runtime 0.98x, OpenVINO 1.00x; with the
+# backbone Winograd above, 8 is the measured pair) and no padding (ONNX Runtime's blocked convolutions then need
+# layout copies around every odd-width layer).
+DEFAULT_CHANNEL_MULTIPLE = 8
 CONV_ALGORITHMS = ("winograd", "direct")
 
 
@@ -101,9 +114,9 @@ def pad_backbone_channels(backbone: SpineNet, multiple: int) -> int:
 
     The same function exactly: a padded channel's filters and bias are zero, so it holds 0 everywhere, which
     activations (ReLU(0) = SiLU(0) = 0), sums, max-pooling and upsampling keep at 0, and the convolutions that
-    read it do so with zero taps. What it buys is layout: ONNX Runtime's blocked (NCHWc) convolutions need
-    channel counts in multiples of its block (16 floats with AVX-512); a convolution reading any other count
-    runs in plain NCHW, with a layout copy before and after it.
+    read it do so with zero taps. What it buys is layout: ONNX Runtime's blocked (NCHWc) convolutions run a
+    convolution whose width is not a multiple of 8 in plain NCHW, with a layout copy before and after it
+    (``DEFAULT_CHANNEL_MULTIPLE`` says why 8 rather than its AVX-512 block of 16).
     """
     if any(not isinstance(m.norm, nn.Identity) for m in backbone.modules() if isinstance(m, ConvNormAct)):
         raise ValueError("pad_backbone_channels needs BN folded into the convolutions first (fold_batchnorm)")
@@ -123,9 +136,11 @@ def pad_backbone_channels(backbone: SpineNet, multiple: int) -> int:
 
 def optimize_for_inference(model: RetinaNet, *, conv_algorithm: str = "winograd",
                            winograd_min_pixels: int = DEFAULT_WINOGRAD_MIN_PIXELS,
-                           drop_background: bool = False, channel_multiple: int = 16) -> RetinaNet:
+                           drop_background: bool = False, channel_multiple: int = DEFAULT_CHANNEL_MULTIPLE,
+                           backbone_winograd_min_channels: int = BACKBONE_WINOGRAD_MIN_CHANNELS) -> RetinaNet:
     """An eval-mode copy of ``model`` with BN folded and, for ``conv_algorithm="winograd"``, Winograd 3x3
-    convolutions on maps of at least ``winograd_min_pixels`` pixels (see the module docstring)."""
+    convolutions on maps of at least ``winograd_min_pixels`` pixels: the head's, and the backbone's with at least
+    ``backbone_winograd_min_channels`` input channels after padding (see the module docstring)."""
     if conv_algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv_algorithm {conv_algorithm!r} is unknown; valid: {', '.join(CONV_ALGORITHMS)}")
     fast = copy.deepcopy(model).eval()
@@ -136,15 +151,70 @@ def optimize_for_inference(model: RetinaNet, *, conv_algorithm: str = "winograd"
         drop_background_channels(fast.head)
     if channel_multiple > 1:
         pad_backbone_channels(fast.backbone, channel_multiple)
+    fast.backbone = SharedReduceSpineNet(fast.backbone)
     if conv_algorithm == "winograd":
+        # Only post-processing reads the class maps when the background is dropped: it takes them tile-major.
+        fast.head = WinogradHead(fast.head, winograd_min_pixels, tile_major_class=drop_background)
+        # Large levels that are not whole 4x4 tiles (none at multiples of 256) keep layer-by-layer Winograd.
         _replace_3x3(fast.head, winograd_min_pixels)
-        if drop_background:  # only post-processing reads these maps: let it read them in tile-major order
-            fast.head.class_net.predict.tile_major_output = True
+        _replace_3x3(fast.backbone, winograd_min_pixels, backbone_winograd_min_channels)
     return fast
 
 
-def _replace_3x3(root: nn.Module, min_pixels: int) -> None:
+class SharedReduceSpineNet(nn.Module):
+    """A SpineNet (eval mode, BN folded) whose resampling ``reduce`` convolutions (1x1 + activation) that read the
+    same feature run as one convolution with their filters stacked, then split.
+
+    Most SpineNet features feed two to four later blocks, each through its own 1x1 reduction to a narrow width
+    (49S: 168 -> 24 channels on the 160x160 level-2 maps). Stacked, the feature is read once and the product is one
+    wider matrix product instead of several narrow, memory-bound ones. Each output channel is the same dot product
+    as before. ``forward`` is :class:`~spinenet.modeling.spinenet.SpineNet`'s.
+    """
+
+    def __init__(self, backbone: SpineNet):
+        super().__init__()
+        if any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules()):
+            raise ValueError("SharedReduceSpineNet needs BN folded into the convolutions first (fold_batchnorm)")
+        self.backbone = backbone
+        readers: dict[int, list[tuple[int, int]]] = {}  # feature -> the (block, parent slot) reading it
+        for i, block in enumerate(backbone.blocks):
+            for r, j in enumerate(block.input_offsets):
+                readers.setdefault(j, []).append((i, r))
+        self.stacked = nn.ModuleDict()
+        self.readers: dict[int, list[tuple[int, int]]] = {}
+        self.widths: dict[int, list[int]] = {}
+        for j, users in readers.items():
+            reduces = [backbone.blocks[i].resample[r].reduce for i, r in users]
+            if len(users) < 2 or len({type(m.act) for m in reduces}) > 1:
+                continue
+            convs = [m.conv for m in reduces]
+            stacked = nn.Conv2d(convs[0].in_channels, sum(c.out_channels for c in convs), 1)
+            with torch.no_grad():
+                stacked.weight.copy_(torch.cat([c.weight for c in convs]))
+                stacked.bias.copy_(torch.cat([c.bias for c in convs]))
+            self.stacked[str(j)] = nn.Sequential(stacked, copy.deepcopy(reduces[0].act))
+            self.readers[j], self.widths[j] = users, [c.out_channels for c in convs]
+
+    def forward(self, images: torch.Tensor) -> dict[int, torch.Tensor]:
+        feats: list[torch.Tensor] = []
+        reduced: dict[tuple[int, int], torch.Tensor] = {}
+
+        def add(feature: torch.Tensor) -> None:
+            j = len(feats)
+            feats.append(feature)
+            if str(j) in self.stacked:
+                parts = torch.split(self.stacked[str(j)](feature), self.widths[j], dim=1)
+                reduced.update(zip(self.readers[j], parts, strict=True))
+
+        for feature in self.backbone.stem_features(images):
+            add(feature)
+        for i, block in enumerate(self.backbone.blocks):
+            add(block(feats, [reduced.pop((i, r), None) for r in range(2)]))
+        return self.backbone.outputs(feats)
+
+
+def _replace_3x3(root: nn.Module, min_pixels: int, min_channels: int = 0) -> None:
     for parent in list(root.modules()):
         for name, child in list(parent.named_children()):
-            if is_winograd_compatible(child):
+            if is_winograd_compatible(child) and child.in_channels >= min_channels:
                 setattr(parent, name, SizeSwitchedConv(child, min_pixels))

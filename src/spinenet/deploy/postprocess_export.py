@@ -66,7 +66,8 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     params = params or PostprocessParams()
     first = min(box_outputs)
     num_anchors = box_outputs[first].shape[1] // 4
-    channels = cls_outputs[first].shape[-3] // num_anchors  # classes per anchor in the maps
+    first_cls = cls_outputs[first]  # NCHW, or tile-major with the channels last
+    channels = first_cls.shape[-1 if first_cls.dim() == 5 else -3] // num_anchors  # classes per anchor in the maps
     levels = _check_maps({lvl: _as_nchw_shape(c, background_channel) for lvl, c in cls_outputs.items()},
                          box_outputs, channels)
     num_classes = channels - 1 if background_channel else channels  # foreground classes
@@ -120,13 +121,13 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
 
 
 def _as_nchw_shape(cls: Tensor, background_channel: bool) -> Tensor:
-    """A tile-major class map (B, 16, C, H/4, W/4) as an (uncopied, unordered) (B, C, H, W) view, for the shape
+    """A tile-major class map (B, 16, H/4, W/4, C) as an (uncopied, unordered) (B, C, H, W) view, for the shape
     checks only; NCHW maps as they are."""
     if cls.dim() != 5:
         return cls
     if background_channel:
         raise ValueError("tile-major class maps come from an optimised head, whose background channels are dropped")
-    b, _, c, th, tw = cls.shape
+    b, _, th, tw, c = cls.shape
     return cls.reshape(b, c, th * 4, tw * 4)
 
 
@@ -150,14 +151,15 @@ def _top_candidates(logits: list[Tensor], shapes: list[tuple[int, int]], num_anc
     for x, (h, w) in zip(logits, shapes, strict=True):
         hw = h * w
         per_level = num_anchors * num_classes * hw
-        if x.dim() == 5:  # tile-major (B, 16, A*C, H/4, W/4): flat = ((i*4 + j)*A*C + a*C + c)*T + t
+        if x.dim() == 5:  # tile-major (B, 16, H/4, W/4, A*C): flat = ((i*4 + j)*T + t)*A*C + a*C + c
             v, flat = _topk_in_halves(x.reshape(batch, per_level), min(k, per_level))
-            tiles, tw = hw // 16, w // 4
-            tile_pixel = flat // (num_anchors * num_classes * tiles)
-            rest = flat - tile_pixel * (num_anchors * num_classes * tiles)
-            anchor = rest // (num_classes * tiles)
-            cls = rest // tiles - anchor * num_classes
-            t = rest - (anchor * num_classes + cls) * tiles
+            tiles, tw, channels = hw // 16, w // 4, num_anchors * num_classes
+            position = flat // channels  # (i*4 + j)*T + t
+            channel = flat - position * channels
+            anchor = channel // num_classes
+            cls = channel - anchor * num_classes
+            tile_pixel = position // tiles
+            t = position - tile_pixel * tiles
             ti, tj = tile_pixel // 4, tile_pixel - (tile_pixel // 4) * 4
             row, col = t // tw, t - (t // tw) * tw
             pixel = (row * 4 + ti) * w + col * 4 + tj

@@ -103,7 +103,10 @@ class Resample(nn.Module):
         self.expand = ConvNormAct(mid, out_ch, 1, activation=None, **kw)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.reduce(x)
+        return self.forward_reduced(self.reduce(x))
+
+    def forward_reduced(self, x: Tensor) -> Tensor:
+        """The rest of :meth:`forward` after ``reduce``, for callers that computed ``reduce(x)`` themselves."""
         if self.down is not None:
             x = self.pools(self.down(x))
         elif self.upsample > 1:
@@ -136,8 +139,12 @@ class ScalePermutedBlock(nn.Module):
         self.act = nn.SiLU() if activation == "swish" else nn.ReLU()
         self.group = BlockGroup(out_ch, filters, spec.block_fn, repeats, drop_rate=drop_rate, **kw)
 
-    def forward(self, feats: list[Tensor]) -> Tensor:
-        x = self.resample[0](feats[self.input_offsets[0]]) + self.resample[1](feats[self.input_offsets[1]])
+    def forward(self, feats: list[Tensor], reduced: list[Tensor | None] | None = None) -> Tensor:
+        """``reduced[r]``, when given, is ``resample[r].reduce`` of that parent, computed by the caller."""
+        reduced = reduced or [None, None]
+        x0, x1 = (rs(feats[j]) if red is None else rs.forward_reduced(red)
+                  for rs, j, red in zip(self.resample, self.input_offsets, reduced, strict=True))
+        x = x0 + x1
         for j in self.extra_inputs:
             x = x + feats[j]
         return self.group(self.act(x))
@@ -204,13 +211,22 @@ class SpineNet(nn.Module):
                              for lvl in range(min_level, max_level + 1)]
 
     def forward(self, images: Tensor) -> dict[int, Tensor]:
+        feats = self.stem_features(images)
+        for block in self.blocks:
+            feats.append(block(feats))
+        return self.outputs(feats)
+
+    def stem_features(self, images: Tensor) -> list[Tensor]:
+        """The two level-2 features the scale-permuted blocks start from, each (B, 4*f2, H/4, W/4)."""
         x = self.stem_pool(self.stem(images))  # (B, 64, H/4, W/4)
         feats = []
         for group in self.stem_blocks:
             x = group(x)
-            feats.append(x)  # (B, 4*f2, H/4, W/4)
-        for block in self.blocks:
-            feats.append(block(feats))
+            feats.append(x)
+        return feats
+
+    def outputs(self, feats: list[Tensor]) -> dict[int, Tensor]:
+        """The endpoints, from all features (stem features, then one per block)."""
         return {lvl: self.endpoints[str(lvl)](feats[self.output_index[lvl]])
                 for lvl in range(self.min_level, self.max_level + 1)}
 

@@ -14,6 +14,9 @@ Everything is written with operators ONNX Runtime runs fast at batch 1, so the e
 * output transform: one MatMul with the fixed (16, 36) matrix ``Aᵀ⊗Aᵀ`` -> (B, 16, O*T), tile pixel major, and
   one ``DepthToSpace`` (DCR) that puts each tile's 16 pixels in place -> ``(B, O, H, W)``.
 
+Chained layers (the RetinaNet head's) can skip putting each output in place only to cut it into tiles again:
+:mod:`spinenet.modeling.winograd_head`.
+
 The filter transform ``U = G g Gᵀ`` is computed once, in float64, when the module is built. Results equal the
 direct convolution up to float32 rounding: about 1e-5 of the output's largest magnitude with these points
 (direct: ~3e-7), tested in ``tests/modeling/test_winograd.py``. Only for inference: it has no backward of
@@ -91,15 +94,6 @@ class WinogradConv2d(nn.Module):
             y = y[:, :, :h, :w]
         return y + self.bias
 
-    def forward_tiles(self, x: Tensor) -> Tensor:
-        """The same outputs, bias included, left in tile-major order: (B, 16, O, H/4, W/4), element
-        [b, i*4 + j, o, t, u] = output [b, o, 4t + i, 4u + j]. For a consumer that reads every output and can
-        work out positions itself (a top-k), this saves the DepthToSpace. H and W must be multiples of 4."""
-        h, w = int(x.shape[2]), int(x.shape[3])
-        if h % TILE or w % TILE:
-            raise ValueError(f"tile-major output needs H and W in multiples of {TILE}, got {h}x{w}")
-        return self._tiles(x) + self.bias.reshape(1, 1, -1, 1, 1)
-
     def _tiles(self, x: Tensor) -> Tensor:
         b, c, h, w = (int(s) for s in x.shape)
         th, tw = -(-h // TILE), -(-w // TILE)
@@ -151,22 +145,15 @@ class SizeSwitchedConv(nn.Module):
     direct convolution below that, where the transforms cost more than they save. Decided per call from the
     static input size, so an exported graph holds only the chosen path for each level."""
 
-    def __init__(self, conv: nn.Conv2d, min_pixels: int, *, tile_major_output: bool = False):
+    def __init__(self, conv: nn.Conv2d, min_pixels: int):
         super().__init__()
         self.direct = conv
         self.winograd = WinogradConv2d.from_conv(conv)
         self.min_pixels = int(min_pixels)
-        # When set, Winograd levels whose sides are multiples of 4 return WinogradConv2d.forward_tiles's
-        # 5-D tile-major maps; the others return (B, O, H, W) as usual.
-        self.tile_major_output = tile_major_output
 
     def forward(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        if h * w >= self.min_pixels:
-            if self.tile_major_output and h % TILE == 0 and w % TILE == 0:
-                return self.winograd.forward_tiles(x)
-            return self.winograd(x)
-        return self.direct(x)
+        return self.winograd(x) if h * w >= self.min_pixels else self.direct(x)
 
     def extra_repr(self) -> str:
-        return f"min_pixels={self.min_pixels}, tile_major_output={self.tile_major_output}"
+        return f"min_pixels={self.min_pixels}"
