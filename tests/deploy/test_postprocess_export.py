@@ -140,6 +140,29 @@ def test_long_chain_takes_many_rounds_and_stays_exact():
     assert kept[0, 0].tolist() == [i % 2 == 0 for i in range(k)]
 
 
+@pytest.mark.parametrize("k", [30, 2000, 4096])
+def test_one_product_rounds_equal_two_product_rounds(k):
+    # One product per round (kept weigh a power of two above k) up to k = 4095, two from 4096 on; both are
+    # greedy NMS. Random sparse suppression among random valid candidates, upper triangular as the real one.
+    from spinenet.deploy.postprocess_export import _greedy_keep_rounds, _greedy_keep_rounds_two_products
+
+    g = torch.Generator().manual_seed(k)
+    suppress = ((torch.rand(2, k, k, generator=g) < 8 / k) & torch.ones(k, k, dtype=torch.bool).triu(1)).float()
+    valid = torch.rand(2, 1, k, generator=g) < 0.7
+    kept = _greedy_keep(valid, suppress)
+    assert torch.equal(kept, _greedy_keep_rounds_two_products(valid, suppress, 0.0))
+    if k < 4096:
+        assert torch.equal(kept, _greedy_keep_rounds(valid, suppress, float(1 << k.bit_length())))
+    # the reference: greedy NMS one candidate at a time
+    for b in range(2):
+        ref, alive = [], valid[b, 0].clone()
+        for i in range(k):
+            if alive[i]:
+                ref.append(i)
+                alive &= suppress[b, i] == 0
+        assert kept[b, 0].nonzero().flatten().tolist() == ref
+
+
 def test_window_size():
     params = PostprocessParams(pre_nms_num_boxes=1500)
     assert window_size(10**6, params, 2000) == 1500  # never wider than the reference's per-class top-k

@@ -275,14 +275,36 @@ def _greedy_keep(valid: Tensor, suppress: Tensor) -> Tensor:
     predecessors are), so the loop ends within k rounds: in practice within the length of the longest chain
     of overlapping same-class boxes. Exact greedy NMS, not "Fast NMS".
 
+    Each round reads the (k, k) matrix once (it is the loop's whole cost: 16 MB at k = 2000): one product answers
+    both questions, with kept candidates weighing ``m`` (a power of two above k) and undecided ones 1, so that
+    ``s = m * (kept suppressors) + (undecided suppressors)``, every partial sum an integer below 2^24 and so
+    exact in float32 in any order; its quotient and remainder by ``m`` (exact: a power of two) are the two counts.
+    From k = 4096 on, where m*k would pass 2^24, a round takes two products instead.
+
     While tracing for ONNX the same loop runs as a scripted function (:func:`_scripted_greedy_keep`).
     """
+    k = int(suppress.shape[-1])
+    weight = float(1 << k.bit_length())  # the smallest power of two above k
+    one_product = weight * (k + 1) < 2**24
     if torch.jit.is_tracing():
-        return _scripted_greedy_keep()(valid, suppress)
-    return _greedy_keep_rounds(valid, suppress)
+        return _scripted_greedy_keep(one_product)(valid, suppress, weight)
+    return (_greedy_keep_rounds if one_product else _greedy_keep_rounds_two_products)(valid, suppress, weight)
 
 
-def _greedy_keep_rounds(valid: Tensor, suppress: Tensor) -> Tensor:
+def _greedy_keep_rounds(valid: Tensor, suppress: Tensor, weight: float) -> Tensor:
+    kept = torch.zeros_like(valid)
+    undecided = valid
+    while bool(undecided.any()):
+        # (B, 1, k) @ (B, k, k); see _greedy_keep for why this is exact.
+        s = torch.matmul(kept.to(suppress.dtype) * weight + undecided.to(suppress.dtype), suppress)
+        by_kept = s >= weight
+        by_undecided = s - torch.floor(s / weight) * weight > 0.0
+        kept = kept | (undecided & ~by_kept & ~by_undecided)
+        undecided = undecided & ~by_kept & by_undecided
+    return kept
+
+
+def _greedy_keep_rounds_two_products(valid: Tensor, suppress: Tensor, weight: float) -> Tensor:
     kept = torch.zeros_like(valid)
     undecided = valid
     while bool(undecided.any()):
@@ -295,8 +317,9 @@ def _greedy_keep_rounds(valid: Tensor, suppress: Tensor) -> Tensor:
 
 
 @functools.cache
-def _scripted_greedy_keep() -> torch.jit.ScriptFunction:
-    """:func:`_greedy_keep_rounds` compiled with ``torch.jit.script``.
+def _scripted_greedy_keep(one_product: bool = True) -> torch.jit.ScriptFunction:
+    """:func:`_greedy_keep_rounds` (or, for ``one_product=False``, :func:`_greedy_keep_rounds_two_products`)
+    compiled with ``torch.jit.script``.
 
     Tracing would unroll the loop for the example's round count; scripted, ``torch.onnx.export`` writes the
     data-dependent round count as one ONNX ``Loop`` with a condition. The state is (B, 1, k), reshaped by the
@@ -308,4 +331,4 @@ def _scripted_greedy_keep() -> torch.jit.ScriptFunction:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.script(_greedy_keep_rounds)
+        return torch.jit.script(_greedy_keep_rounds if one_product else _greedy_keep_rounds_two_products)
