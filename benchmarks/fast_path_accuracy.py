@@ -7,9 +7,9 @@ and bf16, direct and Winograd convolutions, and PyTorch eager. Each path's COCO 
 reference for fp32 and 0.005 for bf16 (issue 5).
 
 The held-out set is the one `make demo` and `benchmarks/train_synthetic.py` use (200 images, 128x128, seed 0).
-At 128x128 the default export never reaches the 20x20 maps on which it switches the head to Winograd, so the
-Winograd rows force it on every map (``winograd_min_pixels=1``): the path a 640x640 export takes on its large
-maps, exercised on all of them.
+At 128x128 the default export never reaches the 20x20 maps on which it switches to Winograd (the head, chained in
+the tile domain, and the backbone's wide 3x3 convolutions), so the Winograd rows force it on every map
+(``winograd_min_pixels=1``): the path a 640x640 export takes on its large maps, exercised on all of them.
 
     python benchmarks/fast_path_accuracy.py [--workdir runs/fast_path_accuracy]
 """
