@@ -41,10 +41,11 @@ def add_export_parser(sub) -> None:
     p.add_argument("--pre_nms_topk", type=int, default=None,
                    help="candidate window of the static NMS (default 2000; see spinenet.deploy.postprocess_export)")
     p.add_argument("--conv_algorithm", default="winograd", choices=["winograd", "direct"],
-                   help="winograd (default): 3x3 convolutions on maps of 40x40 and more as Winograd F(4x4,3x3), "
-                        "the fastest on CPUs (ONNX Runtime, OpenVINO; same outputs within ~1e-5 of each map's "
-                        "range); direct: every convolution a plain Conv, for compilers with their own convolution "
-                        "engines (ATC for Ascend, TensorRT). BN is folded into the convolutions either way")
+                   help="winograd (default): 3x3 convolutions on maps of 20x20 and more (the head's, and the "
+                        "backbone's of 80 channels and more) as Winograd F(4x4,3x3), the fastest on CPUs (ONNX "
+                        "Runtime, OpenVINO; raw maps within ~1e-4 of each map's range); direct: every convolution "
+                        "a plain Conv, for compilers with their own convolution engines (ATC for Ascend, TensorRT). "
+                        "BN is folded into the convolutions either way")
     p.add_argument("--model", default="retinanet", choices=["retinanet"], help="accepted for seed compatibility")
     p.set_defaults(func=run_export)
 

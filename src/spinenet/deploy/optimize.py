@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from spinenet.modeling.head import RetinaNetHead
-from spinenet.modeling.layers import ConvNormAct
+from spinenet.modeling.layers import ConvNormAct, batchnorm_affine
 from spinenet.modeling.retinanet import RetinaNet
 from spinenet.modeling.spinenet import SpineNet
 from spinenet.modeling.winograd import SizeSwitchedConv, is_winograd_compatible
@@ -61,10 +61,7 @@ def fold_batchnorm(block: ConvNormAct) -> None:
     conv, bn = block.conv, block.norm
     if not isinstance(bn, nn.BatchNorm2d):
         return
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
+    scale, bias = batchnorm_affine(bn, conv.bias)
     conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype))
     block.norm = nn.Identity()

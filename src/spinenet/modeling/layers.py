@@ -119,6 +119,15 @@ class MaxPoolSame(nn.Module):
         return f"kernel_size={self.kernel_size}, stride={self.stride}"
 
 
+def batchnorm_affine(bn: nn.BatchNorm2d, conv_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Eval-mode ``bn`` (after a convolution with ``conv_bias``, if any) as a per-channel ``x * scale + shift``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    if conv_bias is not None:
+        shift = shift + conv_bias * scale
+    return scale, shift
+
+
 class ConvNormAct(nn.Module):
     """conv -> BN -> optional activation; the unit every SpineNet layer is made of."""
 

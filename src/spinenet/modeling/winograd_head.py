@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinenet.modeling.head import RetinaNetHead, Subnet
+from spinenet.modeling.layers import batchnorm_affine
 from spinenet.modeling.winograd import TILE, WinogradConv2d, depth_to_space_dcr
 
 
@@ -98,8 +99,7 @@ class WinogradSubnet(nn.Module):
         with torch.no_grad():  # conv bias, then the level's BN in eval mode: one scale and shift per channel
             for lvl, norms in subnet.norms.items():
                 for i, (conv, bn) in enumerate(zip(subnet.convs, norms, strict=True)):
-                    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-                    shift = bn.bias - bn.running_mean * scale + conv.bias * scale
+                    scale, shift = batchnorm_affine(bn, conv.bias)
                     self.register_buffer(f"scale_{lvl}_{i}", scale.clone())
                     self.register_buffer(f"shift_{lvl}_{i}", shift.clone())
 
