@@ -142,7 +142,7 @@ def test_long_chain_takes_many_rounds_and_stays_exact():
 
 @pytest.mark.parametrize("k", [30, 2000, 4096])
 def test_one_product_rounds_equal_two_product_rounds(k):
-    # One product per round (kept weigh a power of two above k) up to k = 4095, two from 4096 on; both are
+    # One product per round (kept weigh a power of two above k) up to k = 4094, two from 4095 on; both are
     # greedy NMS. Random sparse suppression among random valid candidates, upper triangular as the real one.
     from spinenet.deploy.postprocess_export import _greedy_keep_rounds, _greedy_keep_rounds_two_products
 
@@ -151,7 +151,7 @@ def test_one_product_rounds_equal_two_product_rounds(k):
     valid = torch.rand(2, 1, k, generator=g) < 0.7
     kept = _greedy_keep(valid, suppress)
     assert torch.equal(kept, _greedy_keep_rounds_two_products(valid, suppress, 0.0))
-    if k < 4096:
+    if k < 4095:
         assert torch.equal(kept, _greedy_keep_rounds(valid, suppress, float(1 << k.bit_length())))
     # the reference: greedy NMS one candidate at a time
     for b in range(2):

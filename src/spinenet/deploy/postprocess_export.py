@@ -279,7 +279,7 @@ def _greedy_keep(valid: Tensor, suppress: Tensor) -> Tensor:
     both questions, with kept candidates weighing ``m`` (a power of two above k) and undecided ones 1, so that
     ``s = m * (kept suppressors) + (undecided suppressors)``, every partial sum an integer below 2^24 and so
     exact in float32 in any order; its quotient and remainder by ``m`` (exact: a power of two) are the two counts.
-    From k = 4096 on, where m*k would pass 2^24, a round takes two products instead.
+    From k = 4095 on, where m*(k + 1) reaches 2^24, a round takes two products instead.
 
     While tracing for ONNX the same loop runs as a scripted function (:func:`_scripted_greedy_keep`).
     """
