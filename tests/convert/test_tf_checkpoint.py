@@ -1,13 +1,13 @@
 """Tests for the TensorFlow-free checkpoint reader.
 
-Most tests write bundles with the independent test writer in ``_bundle_writer.py``; ``test_real_tf_*`` read
-checkpoints written by TensorFlow itself (tests/fixtures/tf_bundle_small, made by
-tools/make_tf_bundle_fixture.py) and compare with the values TF's own reader returned.
+Most tests write bundles with ``spinenet.convert.tf_bundle_writer`` (its default output is byte-identical to
+TensorFlow's, see test_tf_bundle_writer.py); ``test_real_tf_*`` read checkpoints written by TensorFlow itself
+(tests/fixtures/tf_bundle_small, made by tools/make_tf_bundle_fixture.py)
+and compare with the values TF's own reader returned.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import struct
@@ -17,14 +17,9 @@ import numpy as np
 import pytest
 
 from spinenet.convert import crc32c as crcmod
+from spinenet.convert import tf_bundle_writer as bw
 from spinenet.convert import tf_checkpoint as tfc
 from spinenet.convert.tf_checkpoint import TFCheckpointError, TFCheckpointReader, read_checkpoint
-
-# Loaded by path so the helper works whatever pytest's import mode or package layout.
-_WRITER_PATH = Path(__file__).with_name("_bundle_writer.py")
-_spec = importlib.util.spec_from_file_location("_bundle_writer", _WRITER_PATH)
-bw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bw)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "tf_bundle_small"
 

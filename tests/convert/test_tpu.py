@@ -10,7 +10,6 @@ No TensorFlow is needed here.
 """
 
 import gzip
-import importlib.util
 import io
 import json
 import shutil
@@ -25,6 +24,7 @@ from spinenet.cli import main
 from spinenet.convert.graphdef import FrozenGraph, decode_tensor
 from spinenet.convert.model_garden import ConversionError
 from spinenet.convert.parity import compare_detections, compare_maps
+from spinenet.convert.tf_bundle_writer import field_bytes, field_varint, shape_proto, write_bundle
 from spinenet.convert.tpu import (
     FrozenGraphWeights,
     convert_tpu,
@@ -35,12 +35,6 @@ from spinenet.convert.tpu import (
     open_tpu_frozen_graph,
     tf1_variable_layout,
 )
-
-# Loaded by path (as test_tf_checkpoint.py does) so the helper works whatever pytest's import mode.
-_spec = importlib.util.spec_from_file_location("_bundle_writer", Path(__file__).with_name("_bundle_writer.py"))
-bw = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bw)
-field_bytes, field_varint, shape_proto, write_bundle = bw.field_bytes, bw.field_varint, bw.shape_proto, bw.write_bundle
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 TINY = FIXTURES / "tpu_tiny"

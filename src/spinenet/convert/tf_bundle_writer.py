@@ -1,23 +1,37 @@
-"""Minimal TensorFlow tensor-bundle writer for tests (no TensorFlow needed).
+"""Write TensorFlow checkpoints (V2 "tensor bundle" format) without TensorFlow.
 
-Writes ``PREFIX.index`` (an uncompressed or snappy-"compressed" LevelDB SSTable) and
-``PREFIX.data-0000K-of-0000N`` the way TF's ``BundleWriter`` does, so the reader can be tested against
-hand-controlled inputs: several shards, tiny blocks and restart intervals, slices, big-endian headers.
-It is an independent implementation of the same spec, kept deliberately simple.
+The counterpart of :mod:`spinenet.convert.tf_checkpoint`: ``PREFIX.index`` (a LevelDB SSTable whose empty key
+holds the ``BundleHeaderProto`` and whose other keys are tensor names with their ``BundleEntryProto``) and
+``PREFIX.data-0000K-of-0000N`` (the tensors' raw little-endian bytes, back to back). With the default options
+the bytes are the ones TF's own ``BundleWriter`` writes for the same tensors added in name order, as
+``tf.compat.v1.train.Saver`` adds them (tested against a checkpoint TF 2.20 wrote): TF's ``TableBuilder``
+defaults (256 KiB blocks, a restart every 16 keys, no compression), index keys shortened as LevelDB's
+``FindShortestSeparator`` / ``FindShortSuccessor`` do, proto3 fields at their default value left out.
+
+The other options (several shards, tiny blocks, snappy-framed blocks, big-endian headers, slices, bfloat16)
+exist so the reader's tests can build inputs TF writes only in rarer setups. Files are written under temporary
+names and renamed into place, index last, so an interrupted write never leaves a checkpoint that looks whole.
 """
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from spinenet.convert.tf_checkpoint import crc32c, mask_crc
+from spinenet.convert.crc32c import crc32c, mask_crc
 
-MAGIC = 0xDB4775248B80FB57
+__all__ = ["write_bundle", "write_checkpoint_state", "BF16", "Sliced", "DTYPE_ENUM", "TF_BLOCK_SIZE"]
 
-# numpy dtype name -> TF DataType enum
+MAGIC = 0xDB4775248B80FB57  # LevelDB table magic
+TF_BLOCK_SIZE = 262144  # tensorflow/core/lib/io/table_options.h: block_size
+TF_RESTART_INTERVAL = 16  # ... block_restart_interval
+BUNDLE_VERSION = 1  # tensorflow/core/util/tensor_bundle/tensor_bundle.h: kTensorBundleVersion
+
+# numpy dtype name -> TF DataType enum (tensorflow/core/framework/types.proto)
 DTYPE_ENUM = {
     "float32": 1,
     "float64": 2,
@@ -128,24 +142,57 @@ def slice_proto(extents: tuple[tuple[int, int], ...]) -> bytes:
 # --- SSTable encoding -------------------------------------------------------------------------------------
 
 
-def build_block(items: list[tuple[bytes, bytes]], restart_interval: int) -> bytes:
-    out = bytearray()
-    restarts = []
-    prev = b""
-    for i, (key, value) in enumerate(items):
-        if i % restart_interval == 0:
-            restarts.append(len(out))
-            shared = 0
-        else:
-            shared = 0
-            while shared < min(len(prev), len(key)) and prev[shared] == key[shared]:
+class _BlockBuilder:
+    """LevelDB's BlockBuilder: prefix-compressed entries with a restart point every ``restart_interval``."""
+
+    def __init__(self, restart_interval: int) -> None:
+        self.interval = restart_interval
+        self.buf = bytearray()
+        self.restarts = [0]
+        self.count = 0
+        self.last = b""
+
+    def add(self, key: bytes, value: bytes) -> None:
+        shared = 0
+        if self.count < self.interval:
+            n = min(len(self.last), len(key))
+            while shared < n and self.last[shared] == key[shared]:
                 shared += 1
-        out += varint(shared) + varint(len(key) - shared) + varint(len(value)) + key[shared:] + value
-        prev = key
-    if not restarts:
-        restarts = [0]
-    out += b"".join(struct.pack("<I", r) for r in restarts) + struct.pack("<I", len(restarts))
-    return bytes(out)
+        else:
+            self.restarts.append(len(self.buf))
+            self.count = 0
+        self.buf += varint(shared) + varint(len(key) - shared) + varint(len(value)) + key[shared:] + value
+        self.last = key
+        self.count += 1
+
+    def size_estimate(self) -> int:
+        return len(self.buf) + 4 * len(self.restarts) + 4
+
+    def empty(self) -> bool:
+        return not self.buf
+
+    def finish(self) -> bytes:
+        return bytes(self.buf) + b"".join(struct.pack("<I", r) for r in self.restarts) + \
+            struct.pack("<I", len(self.restarts))
+
+
+def _shortest_separator(start: bytes, limit: bytes) -> bytes:
+    """LevelDB BytewiseComparator::FindShortestSeparator: a short key in [start, limit)."""
+    n = min(len(start), len(limit))
+    i = 0
+    while i < n and start[i] == limit[i]:
+        i += 1
+    if i < n and start[i] < 0xFF and start[i] + 1 < limit[i]:
+        return start[:i] + bytes([start[i] + 1])
+    return start
+
+
+def _short_successor(key: bytes) -> bytes:
+    """LevelDB BytewiseComparator::FindShortSuccessor: a short key >= ``key``."""
+    for i, b in enumerate(key):
+        if b != 0xFF:
+            return key[:i] + bytes([b + 1])
+    return key
 
 
 def snappy_literal(data: bytes) -> bytes:
@@ -158,13 +205,9 @@ def snappy_literal(data: bytes) -> bytes:
     return bytes(out)
 
 
-def write_table(
-    path: Path,
-    items: list[tuple[bytes, bytes]],
-    block_size: int = 4096,
-    restart_interval: int = 16,
-    compression: int = 0,
-) -> None:
+def table_bytes(items: list[tuple[bytes, bytes]], block_size: int = TF_BLOCK_SIZE,
+                restart_interval: int = TF_RESTART_INTERVAL, compression: int = 0) -> bytes:
+    """An SSTable of ``items`` (sorted by key) as LevelDB's / TF's TableBuilder lays it out."""
     out = bytearray()
 
     def emit(block: bytes) -> bytes:
@@ -174,21 +217,27 @@ def write_table(
         out.extend(contents + trailer_type + struct.pack("<I", mask_crc(crc32c(contents + trailer_type))))
         return handle
 
-    index_items = []
-    pending: list[tuple[bytes, bytes]] = []
-    size = 0
+    index = _BlockBuilder(1)
+    data = _BlockBuilder(restart_interval)
+    pending: bytes | None = None  # handle of the last flushed block, indexed once the next key is known
+    data_last = b""
     for key, value in items:
-        pending.append((key, value))
-        size += len(key) + len(value) + 3
-        if size >= block_size:
-            index_items.append((pending[-1][0], emit(build_block(pending, restart_interval))))
-            pending, size = [], 0
-    if pending:
-        index_items.append((pending[-1][0], emit(build_block(pending, restart_interval))))
-    meta_handle = emit(build_block([], restart_interval))
-    index_handle = emit(build_block(index_items, 1))
+        if pending is not None:
+            index.add(_shortest_separator(data_last, key), pending)
+            pending = None
+        data.add(key, value)
+        data_last = key
+        if data.size_estimate() >= block_size:
+            pending = emit(data.finish())
+            data = _BlockBuilder(restart_interval)
+    if not data.empty():
+        pending = emit(data.finish())
+    if pending is not None:
+        index.add(_short_successor(data_last), pending)
+    meta_handle = emit(_BlockBuilder(restart_interval).finish())
+    index_handle = emit(index.finish())
     footer = (meta_handle + index_handle).ljust(40, b"\0") + struct.pack("<Q", MAGIC)
-    path.write_bytes(bytes(out) + footer)
+    return bytes(out) + footer
 
 
 # --- bundle -----------------------------------------------------------------------------------------------
@@ -210,6 +259,8 @@ def _tensor_bytes(value: object, byteorder: str) -> tuple[str, tuple[int, ...], 
         body = b"".join(flat)
         crc = crc32c(lengths32 + checksum + body)
         return "string", arr.shape, lengths + checksum + body, crc
+    if arr.dtype.name not in DTYPE_ENUM:
+        raise TypeError(f"can't store a {arr.dtype} tensor in a TF checkpoint; supported: {', '.join(DTYPE_ENUM)}")
     raw = arr.astype(arr.dtype.newbyteorder(byteorder)).tobytes()
     return arr.dtype.name, arr.shape, raw, crc32c(raw)
 
@@ -218,26 +269,22 @@ def write_bundle(
     prefix: str | Path,
     tensors: dict[str, object],
     num_shards: int = 1,
-    block_size: int = 4096,
-    restart_interval: int = 16,
+    block_size: int = TF_BLOCK_SIZE,
+    restart_interval: int = TF_RESTART_INTERVAL,
     compression: int = 0,
     big_endian: bool = False,
 ) -> Path:
-    """Write ``tensors`` (numpy arrays, ``BF16``, object arrays of bytes, ``Sliced``) as a TF bundle.
+    """Write ``tensors`` (numpy arrays, ``BF16``, object arrays of bytes, ``Sliced``) as a TF bundle at ``prefix``.
 
-    Tensors go to shards round-robin; a ``Sliced`` tensor gets a full entry listing its slices plus one
-    ordered-code keyed entry per slice, as TF's ``BundleWriter::AddSlice`` writes them.
+    Tensors are stored in name order, to shards round-robin; a ``Sliced`` tensor gets a full entry listing its
+    slices plus one ordered-code keyed entry per slice, as TF's ``BundleWriter::AddSlice`` writes them. Existing
+    files of the same names are replaced (atomically, each); returns ``prefix`` as a Path.
     """
     prefix = Path(prefix)
     byteorder = ">" if big_endian else "<"
     shards = [bytearray() for _ in range(num_shards)]
-    items = []
-    header = (
-        field_varint(1, num_shards)
-        + field_varint(2, 1 if big_endian else 0)
-        + field_bytes(3, field_varint(1, 1))
-    )
-    items.append((b"", header))
+    header = field_varint(1, num_shards) + (field_varint(2, 1) if big_endian else b"")
+    items = [(b"", header + field_bytes(3, field_varint(1, BUNDLE_VERSION)))]
     stored: list[tuple[bytes, object]] = []
     for name in sorted(tensors):
         value = tensors[name]
@@ -265,7 +312,36 @@ def write_bundle(
         shards[shard] += raw
         items.append((key, entry))
     items.sort(key=lambda kv: kv[0])
-    write_table(Path(f"{prefix}.index"), items, block_size, restart_interval, compression)
+    index = table_bytes(items, block_size, restart_interval, compression)
     for k, data in enumerate(shards):
-        Path(f"{prefix}.data-{k:05d}-of-{num_shards:05d}").write_bytes(bytes(data))
+        _atomic_write(Path(f"{prefix}.data-{k:05d}-of-{num_shards:05d}"), bytes(data))
+    _atomic_write(Path(f"{prefix}.index"), index)  # last: a reader finds the checkpoint only when it is whole
     return prefix
+
+
+def write_checkpoint_state(folder: str | Path, prefix_name: str) -> Path:
+    """The ``checkpoint`` text file (a ``CheckpointState`` proto in text format) naming ``prefix_name`` as the
+    latest checkpoint, relative to ``folder`` as ``Saver(save_relative_paths=True)`` writes it (strings C-escaped
+    as protobuf's text format does: octal for bytes outside printable ASCII)."""
+    named = {ord('"'): '\\"', ord("\\"): "\\\\", ord("'"): "\\'", 10: "\\n", 13: "\\r", 9: "\\t"}
+    escaped = "".join(named.get(b) or (chr(b) if 32 <= b < 127 else f"\\{b:03o}") for b in prefix_name.encode())
+    text = f'model_checkpoint_path: "{escaped}"\nall_model_checkpoint_paths: "{escaped}"\n'
+    return _atomic_write(Path(folder) / "checkpoint", text.encode())
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync, rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
