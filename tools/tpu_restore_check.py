@@ -10,9 +10,10 @@ Two interpreters: this project's (torch) and one with TensorFlow 2.20 + tf_keras
    wrong shape; ``global_step`` and ``/Momentum`` are training state), a strict ``tf.train.Saver`` restore of
    every graph variable, the raw class/box maps and five serving outputs on two uint8 images; then the seed's
    route: the same graph built with TF1 reference variables (as TF 1.15 builds it) written out as a GraphDef
-   (binary here: text output is broken in this TF/protobuf pairing) and frozen by TF's own ``freeze_graph`` tool with the seed's output nodes, and the
-   frozen graph run again; with ``--slots`` also the TPU code's training graph (``RetinanetModel.train``:
-   ``global_step`` + ``/Momentum``) checked for missing / unexpected variables and restored strictly;
+   (binary here: text output is broken in this TF/protobuf pairing) and frozen by TF's own ``freeze_graph``
+   tool with the seed's output nodes, and the frozen graph run again; with ``--slots`` also the TPU code's
+   training graph (``RetinanetModel.train``: ``global_step`` + ``/Momentum``) checked for missing / unexpected
+   variables and restored strictly;
 3. back here: our model's raw maps in float64 (TF's float32 input) and detections against TF's.
 
     PYTHONPATH=src python tools/tpu_restore_check.py --checkpoint demo/shapes49s_fp16.pt --image_size 128 \\
@@ -238,10 +239,11 @@ def main(argv: list[str] | None = None) -> int:
                     ok = False
     print(f"seed route: TF freeze_graph -> {report['frozen']['path']} ({report['frozen']['bytes']:,} bytes)")
     print("\nimage  TF graph  max|Δ|/max (raw maps, ours float64)  detections TF/ours/matched  max|Δbox| px  "
-          "max|Δscore|")
+          "max|Δscore|  unmatched TF/ours (near-tie skipped)")
     for i, which, rel, d in rows:
         print(f"{'AB'[i]:5s}  {which:8s}  {rel:34.2e}  {d.num_ref:8d}/{d.num_ours}/{d.matched:<12d}  "
-              f"{d.max_box_diff:12.4f}  {d.max_score_diff:11.2e}")
+              f"{d.max_box_diff:12.4f}  {d.max_score_diff:11.2e}  {d.unmatched_ref}/{d.unmatched_ours} "
+              f"({d.near_tie_skipped})")
     print(f"\n{'PASS' if ok else 'FAIL'} (rtol {args.rtol:g}; {time.time() - t0:.0f} s)")
     return 0 if ok else 1
 
