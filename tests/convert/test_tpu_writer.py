@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -220,3 +221,15 @@ def test_convert_help_describes_the_tpu_target(capsys):
     out = capsys.readouterr().out
     for word in ("--to {tpu}", "--optimizer_slots", "--overwrite", "params.yaml", "freeze_graph.py", "--framework=3"):
         assert word in out, word
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_folder_is_refused(relu_pt, tmp_path, capsys):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        assert main(["convert", "--to", "tpu", "--checkpoint", str(relu_pt[0]), "--output", str(folder)]) == 1
+        assert "is not writable" in capsys.readouterr().err
+    finally:
+        folder.chmod(0o755)
