@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from spinenet.data.label_map import read_label_map
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
+from spinenet.io_checks import atomic_write
 
 # Distinct, readable box colours, picked per class id so a class keeps its colour across images.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
@@ -164,6 +165,19 @@ def class_name(label_map: dict[int, str], class_id: int) -> str:
     return label_map.get(class_id, f"id {class_id}")
 
 
+def drawable_box(box: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """``box`` (ymin, xmin, ymax, xmax) with each pair in order, for drawing.
+
+    The reference's decoder (+1 convention: ``ymax = ymin + h - 1``) gives ymax < ymin when a predicted height
+    is under one pixel, and keeps such boxes: its evaluator passes them to COCO as they are (negative height),
+    and its drawing (TF Object Detection API ``draw_bounding_box_on_image``) draws lines through the four
+    corners, which never fails. PIL's ``rectangle`` refuses an inverted box, so the corners are put in order
+    here; the detection itself is kept unchanged in tables, JSON and scoring, as in the reference.
+    """
+    y0, x0, y1, x1 = box
+    return min(y0, y1), min(x0, x1), max(y0, y1), max(x0, x1)
+
+
 def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Image:
     """The image with one coloured box and a "name: 87%" label per detection (highest score drawn last)."""
     image = Image.fromarray(pixels)
@@ -176,7 +190,7 @@ def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Im
         font = ImageFont.load_default()
     for det in reversed(detections):
         colour = PALETTE[det.class_id % len(PALETTE)]
-        y0, x0, y1, x1 = det.box
+        y0, x0, y1, x1 = drawable_box(det.box)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
         label = f"{det.name}: {det.score:.0%}"
         l, t, r, b = draw.textbbox((0, 0), label, font=font)
@@ -285,15 +299,8 @@ def _check_writable(folder: Path) -> None:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path`` (mode 0644 by umask)."""
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------------------
