@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spinenet.deploy.msame_format import timeline_dirname, write_output
+from spinenet.deploy.run_state import mark_complete, mark_started
 from spinenet.deploy.runtimes import open_session
 
 
@@ -65,6 +66,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
     result = InferResult(run_dir)
     expected = int(np.prod(session.input_shape)) * session.input_dtype.itemsize
     single = len(files) == 1 and Path(input_path).is_file()
+    mark_started(run_dir, [Path(model).stem] if single else [p.stem for p in files], len(session.output_names))
     bar = tqdm(files, desc="infer", unit="file", disable=not progress or len(files) < 20)
     for path in bar:
         size = path.stat().st_size
@@ -93,6 +95,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
         if len(result.times_ms) > 1:
             print(f"Inference average time without first time: {statistics.fmean(result.times_ms[1:]):.2f} ms")
     _write_summary(result, model, backend, device, precision, session, outfmt)
+    mark_complete(run_dir)  # last: until here `spinenet report` sees an unfinished run
     if result.skipped:
         print(f"{len(result.skipped)} input file(s) skipped: " + "; ".join(f"{p} ({r})" for p, r in result.skipped))
     print(f"outputs: {run_dir} ({len(result.files)} inputs, {outfmt})")

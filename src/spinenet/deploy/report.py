@@ -30,6 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from spinenet.data.label_map import read_label_map
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
+from spinenet.deploy.run_state import check_run_complete
 from spinenet.io_checks import atomic_write
 
 # Distinct, readable box colours, picked per class id so a class keeps its colour across images.
@@ -311,12 +312,14 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                  image_file_pattern: str | None = None, *, manifest: str | os.PathLike | None = None,
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
-                 label_map_format: str = "csv", verbose: bool = True) -> ReportResult:
+                 label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
     ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
     With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator`, the
     12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
+    A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
+    warning (:mod:`spinenet.deploy.run_state`).
     """
     started = time.perf_counter()
     if label_map_format != "csv":
@@ -328,11 +331,12 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
     label_map = read_label_map(label_map_file)
     run_folder = resolve_run_folder(output)
+    partial_note = check_run_complete(run_folder, allow_partial)  # an interrupted `spinenet infer`: refuse or warn
     manifest_data = read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
     entries, skipped = collect_images(image_file_pattern, manifest_data)
-    result = ReportResult(html_path, run_folder, skipped=skipped)
+    result = ReportResult(html_path, run_folder, skipped=skipped, notes=[partial_note] if partial_note else [])
     evaluator, ids_by_name = None, {}
     if annotations:
         from spinenet.engine.evaluate import CocoEvaluator

@@ -38,6 +38,8 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--use_normalized_coordinates", action="store_true",
                    help="boxes are [0, 1] fractions of the original image (the seed's flag)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar, no COCO summary on stdout")
+    p.add_argument("--allow_partial", action="store_true",
+                   help="report on a run folder that spinenet infer did not finish (refused by default)")
     p.set_defaults(func=run_report)
 
 
@@ -48,6 +50,7 @@ def run_report(args: argparse.Namespace) -> int:
                           manifest=args.manifest, annotations=args.annotations,
                           max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
                           use_normalized_coordinates=args.use_normalized_coordinates,
-                          label_map_format=args.label_map_format, verbose=not args.no_progress)
+                          label_map_format=args.label_map_format, verbose=not args.no_progress,
+                          allow_partial=args.allow_partial)
     print(result.summary())
     return 0
