@@ -13,7 +13,6 @@ import pytest
 from PIL import Image
 
 import spinenet
-from spinenet.deploy.export import export_onnx
 from spinenet.deploy.image2bin import image2bin
 
 NUM_INPUTS = 300  # at ~10-50 ms each the run lasts seconds; it is killed after its first output set
@@ -29,11 +28,6 @@ def _cli(*args, **kwargs):
 def _complete_sets(run_dir: Path) -> int:
     names = {p.name.split("_output_")[0] for p in run_dir.glob("*_output_*")}
     return sum(all((run_dir / f"{n}_output_{k}.txt").exists() for k in range(5)) for n in names)
-
-
-@pytest.fixture(scope="module")
-def small_onnx(small_model, tmp_path_factory):
-    return export_onnx(small_model, tmp_path_factory.mktemp("model") / "m.onnx", image_size=(128, 128))
 
 
 @pytest.mark.slow
