@@ -14,7 +14,6 @@ both numberings agree there.
 from __future__ import annotations
 
 import base64
-import glob as _glob
 import html
 import io
 import json
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from spinenet.data.label_map import read_label_map
+from spinenet.deploy.file_patterns import describe, match_files
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
 from spinenet.deploy.run_state import check_run_complete
@@ -102,14 +102,13 @@ class ReportResult:
 # Matching images to outputs, and boxes back to original pixels
 
 
-def collect_images(image_file_pattern: str | None, manifest: dict | None) -> tuple[list[ImageEntry],
-                                                                                  list[tuple[str, str]]]:
+def collect_images(image_file_pattern: str | list[str] | None, manifest: dict | None) -> tuple[list[ImageEntry],
+                                                                                            list[tuple[str, str]]]:
     """The images to report (index None: numbered when decoded, see module doc) and the files skipped so far."""
-    paths = sorted(p for p in _glob.glob(os.path.expanduser(image_file_pattern)) if os.path.isfile(p)) \
-        if image_file_pattern else []
+    paths = match_files(image_file_pattern) if image_file_pattern else []  # image2bin's rule: sorted together
     if manifest is None:
         if not paths:
-            raise FileNotFoundError(f"no files match --image_file_pattern {image_file_pattern!r}")
+            raise FileNotFoundError(f"no files match --image_file_pattern {describe(image_file_pattern)}")
         return [ImageEntry(None, Path(p)) for p in paths], []
     by_name = {os.path.basename(p): p for p in paths}
     entries = []
@@ -243,9 +242,10 @@ section.image{margin:2em 0;border-top:1px solid #ddd}section.image img{max-width
 .note{color:#a15c00}small{color:#666;font-weight:normal}"""
 
 
-def page_head(result: ReportResult, pattern: str | None, timing: dict, started: float) -> str:
+def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dict, started: float) -> str:
     """Title, run summary, skipped items and the mAP tables."""
-    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern or "(from the manifest)"],
+    pattern = describe(pattern) if pattern else "(from the manifest)"
+    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern],
             ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
             ["detections drawn", result.num_drawn],
             ["images without usable outputs", len(result.missing)], ["files skipped", len(result.skipped)],
@@ -309,7 +309,7 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, output_html: str | os.PathLike,
-                 image_file_pattern: str | None = None, *, manifest: str | os.PathLike | None = None,
+                 image_file_pattern: str | list[str] | None = None, *, manifest: str | os.PathLike | None = None,
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
                  label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False) -> ReportResult:
@@ -373,7 +373,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 else:
                     scored.append((image_id, outputs, eval_info))
         if result.num_images == 0:
-            source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {image_file_pattern!r}"
+            source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {describe(image_file_pattern)}"
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
             raise ValueError(f"nothing to report from {run_folder} and {source}: {len(result.missing)} image(s) "
                              f"without usable outputs, {len(result.skipped)} file(s) skipped{first}")

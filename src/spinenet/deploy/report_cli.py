@@ -27,8 +27,8 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--output", required=True, help="msame output folder: the run folder or its parent")
     p.add_argument("--label_map_file", required=True, help="label map, lines 'id:name' (coco_label_map.csv)")
     p.add_argument("--label_map_format", default="csv", choices=["csv"], help="only csv, as in the seed")
-    p.add_argument("--image_file_pattern", default=None,
-                   help="glob of the original images, as given to image2bin (required without --manifest)")
+    p.add_argument("--image_file_pattern", nargs="+", default=None,
+                   help="glob(s) of the original images, as given to image2bin (required without --manifest)")
     p.add_argument("--manifest", default=None, help="spinenet image2bin's manifest.json (or its folder)")
     p.add_argument("--output_html", default="/tmp/test.html", help="HTML page to write (default /tmp/test.html)")
     p.add_argument("--annotations", default=None,
