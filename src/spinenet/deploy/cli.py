@@ -200,7 +200,8 @@ def add_infer_parser(sub) -> None:
     p.add_argument("--input", required=True, help="folder of .bin files, or one .bin")
     p.add_argument("--output", required=True, help="output root; a timestamped run folder is created inside")
     p.add_argument("--outfmt", default="TXT", help="TXT, or anything else for raw BIN (as msame)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"],
+                   help="runtime: onnxruntime (default) or openvino for a .onnx, torch for a spinenet .pt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--loop", type=int, default=1, help="repeat a single-file input N times (1..100)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
