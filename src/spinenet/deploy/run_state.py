@@ -57,5 +57,6 @@ def check_run_complete(run_dir: str | os.PathLike, allow_partial: bool = False) 
     what = (f"{run_dir} is an unfinished spinenet infer run (interrupted or failed; {MARKER} is still there): "
             f"{len(missing)} of {total} input(s) have no outputs")
     if not allow_partial:
-        raise ValueError(f"{what}; rerun spinenet infer, or pass --allow_partial to report on the rest")
+        raise ValueError(f"{what}; rerun spinenet infer, point --output at a finished run folder, or pass "
+                         "--allow_partial to report on the rest")
     return f"warning: {what}"
