@@ -56,3 +56,11 @@ def small_model():
     model = create_model("retinanet_spinenet49s", num_classes=NUM_CLASSES).eval()
     calib = ExportWrapper(model, batch_size=2, image_size=(SIZE, SIZE)).preprocess(_random_images(2, seed=123))
     return make_informative(model, calib)
+
+
+@pytest.fixture(scope="session")
+def small_onnx(small_model, tmp_path_factory):
+    """``small_model`` exported once per session to a 128x128 ONNX file (the default post-processing)."""
+    from spinenet.deploy.export import export_onnx
+
+    return export_onnx(small_model, tmp_path_factory.mktemp("small_onnx") / "m.onnx", image_size=(SIZE, SIZE))

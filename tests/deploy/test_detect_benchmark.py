@@ -17,7 +17,7 @@ def test_detect_writes_annotated_images_and_json(small_model, tmp_path):
     (tmp_path / "b.jpg").write_bytes(b"not a jpeg")
     summary = detect_images([str(tmp_path / "a.png"), str(tmp_path / "b.jpg")], tmp_path / "out", model=str(onnx),
                             score_threshold=0.0, progress=False)
-    assert (tmp_path / "out" / "a.jpg").exists()  # annotated copy
+    assert (tmp_path / "out" / "a.png.jpg").exists()  # annotated copy (a non-JPEG keeps its name + .jpg)
     data = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert data == json.loads(json.dumps(summary))
     assert len(data["images"]) == 1 and data["skipped"][0]["image"].endswith("b.jpg")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 EXPORT_EPILOG = """\
@@ -93,21 +94,37 @@ def load_for_export(checkpoint: str | Path, config_file: str | None = None, para
     return model.eval(), ckpt
 
 
+HEARTBEAT_S = 10.0  # seconds between "still exporting" lines: a 640x640 export takes ~30 s on a laptop CPU
+
+
 def run_export(args: argparse.Namespace) -> int:
     import time
 
     from spinenet.deploy.export import export_onnx
     from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK
+    from spinenet.io_checks import ensure_writable_dir
 
+    # Before the work: the folder of the .onnx must take a file (it is written there, then renamed).
+    ensure_writable_dir(resolve_output_path(args.output, "model").parent, "--output folder")
+    print(f"loading {args.checkpoint}", flush=True)
     model, ckpt = load_for_export(args.checkpoint, args.config_file, args.params_override)
     variant = str(ckpt.get("variant") or "spinenet")
     path = resolve_output_path(args.output, variant)
-    start = time.perf_counter()
-    export_onnx(model, path, batch_size=args.batch_size, image_size=args.input_image_size, opset=args.opset,
-                input_type=args.input_type, postprocess=args.postprocess,
-                pre_nms_topk=args.pre_nms_topk or DEFAULT_PRE_NMS_TOPK, conv_algorithm=args.conv_algorithm,
-                metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name})
     h, w = args.input_image_size
+    trained = trained_image_size(ckpt)
+    if trained is not None and trained != (h, w):
+        print(f"warning: --input_image_size {h},{w} differs from the size {args.checkpoint} was trained at "
+              f"({trained[0]},{trained[1]}): objects then appear at scales the model never saw, and detections can "
+              f"be wrong (many confident boxes on a blank image); pass --input_image_size {trained[0]},{trained[1]} "
+              "unless this size has been checked", flush=True)
+    print(f"building and exporting {variant} at {h}x{w}, batch {args.batch_size}, then checking the graph "
+          "(ONNX checker, shape inference, static shapes)", flush=True)
+    start = time.perf_counter()
+    with _heartbeat("still exporting"):
+        export_onnx(model, path, batch_size=args.batch_size, image_size=args.input_image_size, opset=args.opset,
+                    input_type=args.input_type, postprocess=args.postprocess,
+                    pre_nms_topk=args.pre_nms_topk or DEFAULT_PRE_NMS_TOPK, conv_algorithm=args.conv_algorithm,
+                    metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name})
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s): "
           f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
@@ -115,13 +132,46 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def trained_image_size(ckpt: dict) -> tuple[int, int] | None:
+    """The H, W a checkpoint was trained at (its config's ``retinanet_parser.output_size``), if recorded."""
+    try:
+        size = ckpt["config"]["retinanet_parser"]["output_size"]
+        return int(size[0]), int(size[1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _heartbeat(message: str, interval: float | None = None):
+    """Print ``message (N s)`` every ``interval`` seconds while the body runs, so a long step is never silent."""
+    import threading
+    import time
+
+    interval = HEARTBEAT_S if interval is None else interval
+    stop, start = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            print(f"  {message} ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def add_image2bin_parser(sub) -> None:
     p = sub.add_parser("image2bin", help="images -> msame .bin inputs (letterboxed) + manifest.json",
                        description="Decode images, resize them keeping the aspect ratio into the model input, pad "
                                    "bottom/right, and write NNNNN.bin (uint8 NHWC) in sorted order with a manifest.",
-                       epilog="example: spinenet image2bin --image_file_pattern '/tmp/imagedata/*.jpeg' "
+                       epilog="example: spinenet image2bin --image_file_pattern '/tmp/imagedata/*.{jpg,png}' "
                               "--output_dir /tmp/bindata/")
-    p.add_argument("--image_file_pattern", required=True, help="glob of images (quote it), sorted")
+    p.add_argument("--image_file_pattern", required=True, nargs="+", metavar="PATTERN",
+                   help="one or more globs of images, each quoted ('a/*.jpg' 'b/*.png'); brace lists such as "
+                        "'*.{jpg,png}' work; the files of all patterns are sorted together")
     p.add_argument("--output_dir", required=True, help="folder for the .bin files and manifest.json")
     p.add_argument("--image_size", default="640", help="model input: N or H,W (default 640)")
     p.add_argument("--overwrite", action="store_true",
@@ -150,13 +200,15 @@ def add_infer_parser(sub) -> None:
     p.add_argument("--input", required=True, help="folder of .bin files, or one .bin")
     p.add_argument("--output", required=True, help="output root; a timestamped run folder is created inside")
     p.add_argument("--outfmt", default="TXT", help="TXT, or anything else for raw BIN (as msame)")
-    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"])
+    p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"],
+                   help="runtime: onnxruntime (default) or openvino for a .onnx, torch for a spinenet .pt")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     p.add_argument("--loop", type=int, default=1, help="repeat a single-file input N times (1..100)")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="OpenVINO inference precision (its CPU default is bf16 where supported)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true",
+                   help="print only warnings and errors: no progress bar, run folder or timing lines")
     p.set_defaults(func=run_infer)
 
 
@@ -165,7 +217,7 @@ def run_infer(args: argparse.Namespace) -> int:
 
     result = run_inference(args.model, args.input, args.output, outfmt=args.outfmt, backend=args.backend,
                            device=args.device, loop=args.loop, threads=args.threads, precision=args.precision,
-                           progress=not args.quiet)
+                           progress=not args.quiet, quiet=args.quiet)
     return 0 if result.files else 1
 
 
@@ -177,10 +229,12 @@ def add_detect_parser(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="spinenet checkpoint (.pt), run with PyTorch")
     src.add_argument("--model", help="exported .onnx, run with ONNX Runtime")
-    p.add_argument("--output", default="detections", help="output folder (default: detections/)")
+    p.add_argument("--output", default="detections",
+                   help="output folder (default: detections/): annotated copies at the images' relative paths "
+                        "(.jpg appended to non-JPEGs) and detections.json; never over an input or another file")
     p.add_argument("--score_threshold", type=float, default=0.3, help="keep detections scoring at least this")
     p.add_argument("--label_map_file", help="id:name CSV (default: the checkpoint's label map)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=run_detect)
 
 
@@ -202,11 +256,14 @@ def add_benchmark_parser(sub) -> None:
     p.add_argument("--model", required=True, help="spinenet checkpoint (.pt) or exported .onnx")
     p.add_argument("--backends", default="onnxruntime,torch", help="comma list of onnxruntime, openvino, torch")
     p.add_argument("--batch_sizes", default="1,8", help="comma list (a .onnx keeps its own batch size)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--runs", type=int, default=10)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default); bf16: OpenVINO's CPU inference precision, or torch autocast; fp16: torch "
+                        "autocast on CUDA only. Numbers are only comparable at the same precision")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (onnxruntime-gpu, torch)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing each setting (default 3)")
+    p.add_argument("--runs", type=int, default=10, help="timed runs per setting; median and p90 of these (default 10)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: each runtime's own, one per physical core)")
     p.add_argument("--json", dest="output", default=None, help="write the results here")
     p.set_defaults(func=run_benchmark_cmd)
 

@@ -13,11 +13,11 @@ pads *after* normalising (with 0 = the mean), so this keeps the padded area what
 
 from __future__ import annotations
 
-import glob as _glob
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,8 @@ import torch
 from PIL import Image, ImageOps
 
 from spinenet.data.transforms import resize_bilinear_legacy
+from spinenet.deploy.file_patterns import describe, match_files
+from spinenet.io_checks import ensure_writable_dir
 
 MEAN_RGB_UINT8 = (124, 116, 104)  # round(255 * (0.485, 0.456, 0.406))
 MANIFEST = "manifest.json"
@@ -89,22 +91,26 @@ def parse_size(value: str | int | tuple[int, int]) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-def image2bin(image_file_pattern: str, output_dir: str | os.PathLike, image_size: str | int = 640, *,
-              overwrite: bool = False, progress: bool = True) -> Image2BinResult:
-    """Convert the images matching ``image_file_pattern`` (sorted) into ``output_dir``; see the module docstring."""
+def image2bin(image_file_pattern: str | Sequence[str], output_dir: str | os.PathLike, image_size: str | int = 640,
+              *, overwrite: bool = False, progress: bool = True) -> Image2BinResult:
+    """Convert the images matching ``image_file_pattern`` (one glob or several, brace lists expanded: see
+    :mod:`spinenet.deploy.file_patterns`; sorted together) into ``output_dir``; see the module docstring."""
     from tqdm import tqdm
 
     size = parse_size(image_size)
     out = Path(output_dir)
-    paths = sorted(p for p in _glob.glob(os.path.expanduser(image_file_pattern)) if os.path.isfile(p))
+    paths = match_files(image_file_pattern)
     if not paths:
-        raise FileNotFoundError(f"no files match --image_file_pattern {image_file_pattern!r}")
+        raise FileNotFoundError(f"no files match --image_file_pattern {describe(image_file_pattern)}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--output_dir {out} is a file")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"--output_dir {out} already holds files; choose an empty folder or pass --overwrite "
                          "(which replaces its NNNNN.bin files and manifest.json and leaves other files alone)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # Before the work: the set is built in a temporary folder beside --output_dir, then moved into it.
+    ensure_writable_dir(out.parent, f"the folder of --output_dir {out},")
+    if out.is_dir():
+        ensure_writable_dir(out, "--output_dir")
     result = Image2BinResult(out)
     # Everything goes to a temporary folder first, so a failure never leaves a half-written set behind.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -123,7 +129,8 @@ def image2bin(image_file_pattern: str, output_dir: str | os.PathLike, image_size
                                    "original_size": list(pixels.shape[:2]), "scale": list(scale),
                                    "resized_size": list(resized)})
         if not result.written:
-            raise ValueError(f"none of the {len(paths)} files matching {image_file_pattern!r} is a readable image")
+            raise ValueError(f"none of the {len(paths)} files matching {describe(image_file_pattern)} is a "
+                             "readable image")
         manifest = {"image_size": list(size), "layout": "NHWC uint8 RGB [1, H, W, 3]",
                     "pad_value": list(MEAN_RGB_UINT8), "images": result.written,
                     "skipped": [{"source": p, "reason": r} for p, r in result.skipped]}

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spinenet.deploy.msame_format import timeline_dirname, write_output
+from spinenet.deploy.run_state import mark_complete, mark_started
 from spinenet.deploy.runtimes import open_session
 
 
@@ -42,8 +43,13 @@ def _inputs(path: Path) -> list[Path]:
 
 def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
                   outfmt: str = "TXT", backend: str = "onnxruntime", device: str = "cpu", loop: int = 1,
-                  threads: int | None = None, precision: str = "fp32", progress: bool = True) -> InferResult:
+                  threads: int | None = None, precision: str = "fp32", progress: bool = True,
+                  quiet: bool = False) -> InferResult:
+    """Run ``model`` over the .bin inputs (see the module docstring). ``quiet``: print only warnings (skipped
+    inputs), not msame's run folder and timing lines."""
     from tqdm import tqdm
+
+    say = (lambda *a, **k: None) if quiet else print
 
     if not 1 <= loop <= 100:
         raise ValueError(f"--loop must be in 1..100 (as msame), got {loop}")
@@ -61,10 +67,11 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
         run_dir.mkdir()
     except OSError as e:
         raise ValueError(f"--output {out_root}: cannot create the output folder ({e})") from e
-    print(run_dir, flush=True)
+    say(run_dir, flush=True)
     result = InferResult(run_dir)
     expected = int(np.prod(session.input_shape)) * session.input_dtype.itemsize
     single = len(files) == 1 and Path(input_path).is_file()
+    mark_started(run_dir, [Path(model).stem] if single else [p.stem for p in files], len(session.output_names))
     bar = tqdm(files, desc="infer", unit="file", disable=not progress or len(files) < 20)
     for path in bar:
         size = path.stat().st_size
@@ -81,7 +88,8 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
             outputs = session.run(x)
             ms = (time.perf_counter() - t0) * 1000
             result.times_ms.append(ms)
-            bar.write(f"Inference time: {ms:.3f}ms")
+            if not quiet:
+                bar.write(f"Inference time: {ms:.3f}ms")
         # Single-file input is named after the model, as msame does; folder input after each input file.
         name = Path(model).stem if single else path.stem
         for k, array in enumerate(outputs.values()):
@@ -89,13 +97,14 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
         result.files.append(str(path))
     if result.times_ms:
         avg = statistics.fmean(result.times_ms)
-        print(f"Inference average time : {avg:.2f} ms")
+        say(f"Inference average time : {avg:.2f} ms")
         if len(result.times_ms) > 1:
-            print(f"Inference average time without first time: {statistics.fmean(result.times_ms[1:]):.2f} ms")
+            say(f"Inference average time without first time: {statistics.fmean(result.times_ms[1:]):.2f} ms")
     _write_summary(result, model, backend, device, precision, session, outfmt)
+    mark_complete(run_dir)  # last: until here `spinenet report` sees an unfinished run
     if result.skipped:
         print(f"{len(result.skipped)} input file(s) skipped: " + "; ".join(f"{p} ({r})" for p, r in result.skipped))
-    print(f"outputs: {run_dir} ({len(result.files)} inputs, {outfmt})")
+    say(f"outputs: {run_dir} ({len(result.files)} inputs, {outfmt})")
     return result
 
 

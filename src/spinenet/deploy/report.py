@@ -14,7 +14,6 @@ both numberings agree there.
 from __future__ import annotations
 
 import base64
-import glob as _glob
 import html
 import io
 import json
@@ -28,8 +27,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from spinenet.data.label_map import read_label_map
+from spinenet.deploy.file_patterns import describe, match_files
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
+from spinenet.deploy.run_state import check_run_complete
+from spinenet.io_checks import atomic_write
 
 # Distinct, readable box colours, picked per class id so a class keeps its colour across images.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
@@ -100,14 +102,13 @@ class ReportResult:
 # Matching images to outputs, and boxes back to original pixels
 
 
-def collect_images(image_file_pattern: str | None, manifest: dict | None) -> tuple[list[ImageEntry],
-                                                                                  list[tuple[str, str]]]:
+def collect_images(image_file_pattern: str | list[str] | None, manifest: dict | None) -> tuple[list[ImageEntry],
+                                                                                            list[tuple[str, str]]]:
     """The images to report (index None: numbered when decoded, see module doc) and the files skipped so far."""
-    paths = sorted(p for p in _glob.glob(os.path.expanduser(image_file_pattern)) if os.path.isfile(p)) \
-        if image_file_pattern else []
+    paths = match_files(image_file_pattern) if image_file_pattern else []  # image2bin's rule: sorted together
     if manifest is None:
         if not paths:
-            raise FileNotFoundError(f"no files match --image_file_pattern {image_file_pattern!r}")
+            raise FileNotFoundError(f"no files match --image_file_pattern {describe(image_file_pattern)}")
         return [ImageEntry(None, Path(p)) for p in paths], []
     by_name = {os.path.basename(p): p for p in paths}
     entries = []
@@ -164,6 +165,19 @@ def class_name(label_map: dict[int, str], class_id: int) -> str:
     return label_map.get(class_id, f"id {class_id}")
 
 
+def drawable_box(box: tuple[float, ...]) -> tuple[float, float, float, float]:
+    """``box`` (ymin, xmin, ymax, xmax) with each pair in order, for drawing.
+
+    The reference's decoder (+1 convention: ``ymax = ymin + h - 1``) gives ymax < ymin when a predicted height
+    is under one pixel, and keeps such boxes: its evaluator passes them to COCO as they are (negative height),
+    and its drawing (TF Object Detection API ``draw_bounding_box_on_image``) draws lines through the four
+    corners, which never fails. PIL's ``rectangle`` refuses an inverted box, so the corners are put in order
+    here; the detection itself is kept unchanged in tables, JSON and scoring, as in the reference.
+    """
+    y0, x0, y1, x1 = box
+    return min(y0, y1), min(x0, x1), max(y0, y1), max(x0, x1)
+
+
 def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Image:
     """The image with one coloured box and a "name: 87%" label per detection (highest score drawn last)."""
     image = Image.fromarray(pixels)
@@ -176,7 +190,7 @@ def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Im
         font = ImageFont.load_default()
     for det in reversed(detections):
         colour = PALETTE[det.class_id % len(PALETTE)]
-        y0, x0, y1, x1 = det.box
+        y0, x0, y1, x1 = drawable_box(det.box)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
         label = f"{det.name}: {det.score:.0%}"
         l, t, r, b = draw.textbbox((0, 0), label, font=font)
@@ -228,9 +242,10 @@ section.image{margin:2em 0;border-top:1px solid #ddd}section.image img{max-width
 .note{color:#a15c00}small{color:#666;font-weight:normal}"""
 
 
-def page_head(result: ReportResult, pattern: str | None, timing: dict, started: float) -> str:
+def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dict, started: float) -> str:
     """Title, run summary, skipped items and the mAP tables."""
-    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern or "(from the manifest)"],
+    pattern = describe(pattern) if pattern else "(from the manifest)"
+    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern],
             ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
             ["detections drawn", result.num_drawn],
             ["images without usable outputs", len(result.missing)], ["files skipped", len(result.skipped)],
@@ -285,15 +300,8 @@ def _check_writable(folder: Path) -> None:
 
 
 def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path`` (mode 0644 by umask)."""
+    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -301,15 +309,17 @@ def _write_atomic(path: Path, write) -> None:
 
 
 def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, output_html: str | os.PathLike,
-                 image_file_pattern: str | None = None, *, manifest: str | os.PathLike | None = None,
+                 image_file_pattern: str | list[str] | None = None, *, manifest: str | os.PathLike | None = None,
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
-                 label_map_format: str = "csv", verbose: bool = True) -> ReportResult:
+                 label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
     ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
     With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator`, the
     12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
+    A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
+    warning (:mod:`spinenet.deploy.run_state`).
     """
     started = time.perf_counter()
     if label_map_format != "csv":
@@ -321,11 +331,12 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
     label_map = read_label_map(label_map_file)
     run_folder = resolve_run_folder(output)
+    partial_note = check_run_complete(run_folder, allow_partial)  # an interrupted `spinenet infer`: refuse or warn
     manifest_data = read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
     entries, skipped = collect_images(image_file_pattern, manifest_data)
-    result = ReportResult(html_path, run_folder, skipped=skipped)
+    result = ReportResult(html_path, run_folder, skipped=skipped, notes=[partial_note] if partial_note else [])
     evaluator, ids_by_name = None, {}
     if annotations:
         from spinenet.engine.evaluate import CocoEvaluator
@@ -362,7 +373,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 else:
                     scored.append((image_id, outputs, eval_info))
         if result.num_images == 0:
-            source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {image_file_pattern!r}"
+            source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {describe(image_file_pattern)}"
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
             raise ValueError(f"nothing to report from {run_folder} and {source}: {len(result.missing)} image(s) "
                              f"without usable outputs, {len(result.skipped)} file(s) skipped{first}")

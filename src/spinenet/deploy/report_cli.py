@@ -27,8 +27,8 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--output", required=True, help="msame output folder: the run folder or its parent")
     p.add_argument("--label_map_file", required=True, help="label map, lines 'id:name' (coco_label_map.csv)")
     p.add_argument("--label_map_format", default="csv", choices=["csv"], help="only csv, as in the seed")
-    p.add_argument("--image_file_pattern", default=None,
-                   help="glob of the original images, as given to image2bin (required without --manifest)")
+    p.add_argument("--image_file_pattern", nargs="+", default=None,
+                   help="glob(s) of the original images, as given to image2bin (required without --manifest)")
     p.add_argument("--manifest", default=None, help="spinenet image2bin's manifest.json (or its folder)")
     p.add_argument("--output_html", default="/tmp/test.html", help="HTML page to write (default /tmp/test.html)")
     p.add_argument("--annotations", default=None,
@@ -38,6 +38,8 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--use_normalized_coordinates", action="store_true",
                    help="boxes are [0, 1] fractions of the original image (the seed's flag)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar, no COCO summary on stdout")
+    p.add_argument("--allow_partial", action="store_true",
+                   help="report on a run folder that spinenet infer did not finish (refused by default)")
     p.set_defaults(func=run_report)
 
 
@@ -48,6 +50,7 @@ def run_report(args: argparse.Namespace) -> int:
                           manifest=args.manifest, annotations=args.annotations,
                           max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
                           use_normalized_coordinates=args.use_normalized_coordinates,
-                          label_map_format=args.label_map_format, verbose=not args.no_progress)
+                          label_map_format=args.label_map_format, verbose=not args.no_progress,
+                          allow_partial=args.allow_partial)
     print(result.summary())
     return 0

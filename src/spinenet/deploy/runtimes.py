@@ -13,6 +13,15 @@ _ORT_DTYPES = {"tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(f
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def unloadable_model(path: Path, runtime: str, error: Exception) -> ValueError:
+    """One line for a model file a runtime can't load (random bytes, a truncated copy, another format): the
+    file, the runtime's first line of explanation, and the fix."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = (lines[-1] if lines else type(error).__name__)[:200]  # OpenVINO's last line is the reason
+    return ValueError(f"{path}: {runtime} cannot load this model ({detail}); it is not a complete ONNX model "
+                      "(a truncated copy or another file?): make it again with `spinenet export`")
+
+
 class OnnxRuntimeSession:
     """An ONNX Runtime session over an exported model with one input (``Placeholder``).
 
@@ -40,7 +49,10 @@ class OnnxRuntimeSession:
             options.intra_op_num_threads = int(threads)
         providers = [(provider, {"device_id": int(index or 0)})] if kind == "cuda" else [provider]
         self.path, self.device = path, device
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own types (InvalidProtobuf, Fail, ...)
+            raise unloadable_model(path, "ONNX Runtime", e) from e
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             raise ValueError(f"{path} has {len(inputs)} inputs; a spinenet export has one (Placeholder)")
@@ -113,7 +125,17 @@ class OpenVinoSession:
             config["INFERENCE_NUM_THREADS"] = str(threads)
         core = ov.Core()
         self.path, self.device, self.precision = Path(path), device, precision
-        self.compiled = core.compile_model(str(path), "CPU", config)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"ONNX model {path} does not exist; make one with `spinenet export`")
+        try:
+            # The ONNX frontend by name: given a path, OpenVINO tries every frontend in turn, and on a broken file
+            # the TensorFlow one floods stderr with text-format parse errors before the real message.
+            from openvino.frontend import FrontEndManager
+
+            frontend = FrontEndManager().load_by_framework("onnx")
+            self.compiled = core.compile_model(frontend.convert(frontend.load(str(path))), "CPU", config)
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises GeneralFailure etc. with multi-line text
+            raise unloadable_model(self.path, "OpenVINO", e) from e
         port = self.compiled.inputs[0]
         self.input_name = port.get_any_name()
         self.input_shape = tuple(port.get_shape())

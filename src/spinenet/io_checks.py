@@ -1,0 +1,70 @@
+"""Filesystem checks and writes shared by the commands that write results.
+
+Two defects this exists to prevent: a command that works for minutes and only then finds its output folder
+read-only (so the check must come *before* the work, and must reflect what a write would really do: permission
+bits for ordinary users, read-only mounts for everyone), and result files created private (``tempfile.mkstemp``
+makes 0600) where a plain ``open`` would have given the usual umask-respecting 0644.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Make sure files can be created in folder ``path`` (created if missing); returns it as a Path.
+
+    ``what`` names the flag or role in the error (``"--output_dir"``). Raises ValueError with one line naming
+    the folder, the reason and the fix. The check creates and removes a probe file rather than trusting
+    ``os.access``: root passes ``os.access`` on a read-only mount, and ACLs or quotas can refuse what the mode
+    bits allow.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what} {folder} is a file, not a folder; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".spinenet-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{what} {folder}: cannot write there ({_reason(e)}); choose a writable folder or "
+                         "fix its permissions") from e
+    return folder
+
+
+def _reason(e: OSError) -> str:
+    names = {errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+             errno.ENOSPC: "no space left on device", errno.ENOTDIR: "a parent is a file"}
+    return names.get(e.errno, e.strerror or str(e))
+
+
+def current_umask() -> int:
+    """The process umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = False) -> Path:
+    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``; returns the path.
+
+    A reader never sees a half-written file, and a failure leaves the old file (if any) in place and no
+    temporary file behind. The result gets the mode a plain ``open(path, "w")`` would give (0666 less the
+    umask: 0644 usually), not ``mkstemp``'s private 0600.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
