@@ -53,9 +53,11 @@ def test_metrics_log_on_resume_drops_the_replayed_steps(tmp_path):
     log.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"step": 7, "train/tot')  # cut off by a kill
-    log = MetricsLog(tmp_path, resumed_step=3)
+    log = MetricsLog(tmp_path, start_step=3)
     log.write(3, event="resume")
     log.close()
     records = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 3]
     assert records[1]["train/total_loss"] == 0.5 and records[-1]["event"] == "resume"
+    MetricsLog(tmp_path).close()  # a new run (step 0) in a folder that a run killed before any checkpoint left
+    assert (tmp_path / "metrics.jsonl").read_text() == ""

@@ -78,9 +78,12 @@ def test_partial_checkpoint_of_a_killed_write_is_removed_on_resume(data, tmp_pat
     foreign = [d / ".notes.tmp", d / ".ckpt-backup.pt.abcdefgh.tmp", d / "ckpt-backup.pt"]
     for p in foreign:
         p.write_bytes(b"the user's")
-    resumed = run_faulty([*args, "--resume"])
+    resumed = run_faulty([*args, "--resume_from", str(d / "ckpt-2.pt"), "--log_every", "1"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert not partial[0].exists() and f"{partial[0].name}" in resumed.stdout
+    records = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("event"), "eval/AP" in r) for r in records] == [
+        (2, "resume", False), (3, None, False), (4, None, False), (4, None, True)]
     assert all(p.read_bytes() == b"the user's" for p in foreign)  # not ours: kept, and ckpt-backup.pt not parsed
     assert sorted(p.name for p in d.glob("ckpt-*.pt")) == ["ckpt-2.pt", "ckpt-4.pt", "ckpt-backup.pt"]
 

@@ -11,11 +11,14 @@ alter the trajectory and may always change. Accepted changes are printed, logged
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from spinenet.engine.checkpoint import CheckpointError, read_checkpoint
+from spinenet.config import config_to_dict
+from spinenet.engine.checkpoint import CheckpointError, load_state_dict_strict, read_checkpoint
+from spinenet.engine.distributed import on_main
 from spinenet.engine.run_dir import BEST_NAME, CONFIG_NAME, checkpoint_step, list_checkpoints, warn
 
 # Config keys (dotted; a trailing "." covers a section) a resume may change, with the reason it is safe.
@@ -58,6 +61,8 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
 
 
 def file_digest(path: str | Path) -> str:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"annotations {path} do not exist")
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -183,3 +188,52 @@ def start_point(model_dir: Path, resume: bool, resume_from: str | None) -> tuple
     if found is None:
         print(f"no checkpoint to resume in {model_dir}; starting a new run")
     return found
+
+
+@dataclass
+class ResumeState:
+    """Where training starts: step 0 of a new run, or a checkpoint's step, data position, best metric, RNG."""
+
+    source: Path | None = None
+    step: int = 0
+    data_position: dict = field(default_factory=dict)
+    best: float | None = None
+    rng: dict | None = None  # this rank's RNG states, restored just before the first step
+    history: list = field(default_factory=list)  # every accepted change of every resume: [{step, changes}]
+    changes: dict = field(default_factory=dict)  # this resume's accepted changes
+
+
+def resume_run(model_dir: Path, resume: bool, resume_from: str | None, cfg, run: dict, detector, optimizer,
+               dist_info) -> ResumeState:
+    """Choose the checkpoint (rank 0, which holds the lock), check the new settings against it (every rank, so
+    all refuse together), and load the weights and optimiser state into ``detector`` and ``optimizer``."""
+    chosen: dict = {}
+
+    def choose():
+        found = start_point(model_dir, resume, resume_from)
+        if found is None:
+            return None
+        chosen["ckpt"] = found[1]
+        return str(found[0])  # only the path goes to the other ranks, which read the file themselves
+
+    source = on_main(choose, dist_info)
+    if source is None:
+        return ResumeState()
+    source = Path(source)
+    ckpt = chosen.pop("ckpt", None) or read_checkpoint(source)
+    changes = check_resume(ckpt, source, config_to_dict(cfg), run, model_dir)
+    load_state_dict_strict(detector, ckpt["model"], str(source))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    step = ckpt["step"]
+    history = list(ckpt.get("resume_changes", [])) + ([{"step": step, "changes": changes}] if changes else [])
+    state = ResumeState(source, step, ckpt["data_position"], ckpt.get("best_metric"),
+                        ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)], history, changes)
+    if dist_info.is_main:
+        state.best = max_metric(state.best, recorded_best(model_dir))  # best.pt may be newer than the checkpoint
+        print(f"resumed from {source} at step {step}" + "".join(
+            f"; changed {k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    return state
+
+
+def max_metric(a: float | None, b: float | None) -> float | None:
+    return max((v for v in (a, b) if v is not None), default=None)

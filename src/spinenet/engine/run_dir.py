@@ -101,14 +101,15 @@ def write_config(model_dir: Path, cfg) -> Path:
 class MetricsLog:
     """``metrics.jsonl``: one JSON object per line with ``step`` and the scalars TensorBoard gets, plus events.
 
-    On a resume from step N, records of later steps (from the interrupted stretch that is about to be replayed)
-    are dropped, so each step appears once, and a ``{"event": "resume", ...}`` record says what was resumed.
+    A run starting at step N (0 for a new run) drops the records of later steps (an interrupted stretch about to
+    be replayed, or a run killed before its first checkpoint), so each step appears once; the trainer adds a
+    ``{"event": "resume", ...}`` record saying what was resumed.
     """
 
-    def __init__(self, model_dir: Path, resumed_step: int | None = None):
+    def __init__(self, model_dir: Path, start_step: int = 0):
         self.path = Path(model_dir) / METRICS_NAME
-        if resumed_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= resumed_step]
+        if self.path.exists():
+            kept = [ln for ln in self.path.read_text().splitlines() if _record_step(ln) <= start_step]
             text = "".join(ln + "\n" for ln in kept).encode()
             atomic_write(self.path, lambda f: f.write(text))
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the whole run

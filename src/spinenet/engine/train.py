@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from spinenet.config import ExperimentConfig, config_to_dict
+from spinenet.config import ExperimentConfig
 from spinenet.engine.checkpoint import (
     NoSpaceError,
     load_state_dict_strict,
@@ -30,7 +30,7 @@ from spinenet.engine.checkpoint import (
 from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader
 from spinenet.engine.distributed import DistInfo, init_distributed, on_main, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
-from spinenet.engine.resume import check_resume, recorded_best, run_settings, start_point
+from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
 from spinenet.engine.run_dir import BEST_NAME, MetricsLog, list_checkpoints, lock_model_dir, write_config
 from spinenet.engine.schedule import build_schedule
 from spinenet.modeling.factory import build_retinanet
@@ -115,28 +115,12 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
     if cfg.train.optimizer.type != "momentum":
         raise ValueError(f"train.optimizer.type {cfg.train.optimizer.type!r} is not supported; valid: momentum")
     schedule = build_schedule(cfg)
-    step, position, best, resume_rng = 0, DataPosition(), None, None
     run = run_settings(seed=opts.seed, accum_steps=opts.accum_steps, world_size=dist_info.world_size,
                        precision=_resolved_precision(device, opts.precision),
                        train_annotations=opts.train_data[0], val_annotations=(opts.val_data or (None,))[0])
-    found = on_main(lambda: start_point(model_dir, opts.resume, opts.resume_from), dist_info)
-    source = None if found is None else found[0]
-    history, changes = [], {}
-    if source is not None:
-        ckpt = found[1] if dist_info.is_main else read_checkpoint(source)
-        changes = check_resume(ckpt, source, config_to_dict(cfg), run, model_dir)
-        load_state_dict_strict(detector, ckpt["model"], str(source))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, position, best = ckpt["step"], DataPosition(**ckpt["data_position"]), ckpt.get("best_metric")
-        resume_rng = ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)]
-        history = list(ckpt.get("resume_changes", [])) + ([{"step": step, "changes": changes}] if changes else [])
-        del ckpt
-        if dist_info.is_main:
-            best = _max_metric(best, recorded_best(model_dir))
-            print(f"resumed from {source} at step {step}" + "".join(
-                f"; changed {k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
-    log = _start_logs(model_dir, cfg, step if source is not None else None, source, changes) \
-        if dist_info.is_main else None
+    state = resume_run(model_dir, opts.resume, opts.resume_from, cfg, run, detector, optimizer, dist_info)
+    step, position, best, history = state.step, DataPosition(**state.data_position), state.best, state.history
+    log = _start_logs(model_dir, cfg, step, state.source, state.changes) if dist_info.is_main else None
 
     world, accum = dist_info.world_size, opts.accum_steps
     global_batch = cfg.train.train_batch_size
@@ -170,7 +154,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
             return
         # The best metric is updated before anything is written, so ckpt-N holds the best *including* this
         # evaluation (a resume from it must not forget it), and it is checked against best.pt's own record.
-        improved = bool(metrics) and metrics["AP"] > (_max_metric(best, recorded_best(model_dir)) or -float("inf"))
+        improved = bool(metrics) and metrics["AP"] > (max_metric(best, recorded_best(model_dir)) or -float("inf"))
         if improved:
             best = metrics["AP"]
         extra = {"step": step, "optimizer": optimizer.state_dict(), "rng": states,
@@ -193,8 +177,8 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
                dynamic_ncols=True)
     model.train()
     batches = iter(loader)
-    if resume_rng is not None:  # last, so that nothing between here and the first step draws from it
-        set_rng_state(resume_rng)
+    if state.rng is not None:  # last, so that nothing between here and the first step draws from it
+        set_rng_state(state.rng)
     t_last, images_seen, metrics = time.perf_counter(), 0, {}
     summary: dict = {}
     while step < last_step:
@@ -302,16 +286,12 @@ def _all_finite(x: torch.Tensor, dist_info: DistInfo) -> bool:
     return bool(flag.item() > 0)
 
 
-def _max_metric(a: float | None, b: float | None) -> float | None:
-    return max((v for v in (a, b) if v is not None), default=None)
-
-
-def _start_logs(model_dir: Path, cfg: ExperimentConfig, resumed_step: int | None, source, changes: dict):
+def _start_logs(model_dir: Path, cfg: ExperimentConfig, step: int, source, changes: dict):
     """config.yaml (the resolved config, rewritten on each start) and metrics.jsonl (with a resume record)."""
     write_config(model_dir, cfg)
-    log = MetricsLog(model_dir, resumed_step)
-    if resumed_step is not None:
-        log.write(resumed_step, event="resume", source=str(source), changes=changes)
+    log = MetricsLog(model_dir, step)
+    if source is not None:
+        log.write(step, event="resume", source=str(source), changes=changes)
     return log
 
 
