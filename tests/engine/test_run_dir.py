@@ -61,3 +61,15 @@ def test_metrics_log_on_resume_drops_the_replayed_steps(tmp_path):
     assert records[1]["train/total_loss"] == 0.5 and records[-1]["event"] == "resume"
     MetricsLog(tmp_path).close()  # a new run (step 0) in a folder that a run killed before any checkpoint left
     assert (tmp_path / "metrics.jsonl").read_text() == ""
+
+
+def test_read_only_folder_is_refused_before_any_work(tmp_path):
+    tmp_path.chmod(0o555)
+    try:
+        if os.access(tmp_path, os.W_OK):
+            pytest.skip("root writes anywhere")
+        with pytest.raises(ValueError, match=f"cannot write in {tmp_path} .*choose a writable --model_dir"):
+            with lock_model_dir(tmp_path):
+                pass
+    finally:
+        tmp_path.chmod(0o755)

@@ -100,6 +100,7 @@ def test_second_trainer_in_the_same_folder_fails_at_once_naming_the_first(data, 
         while not (lock.exists() and f"pid {first.pid} " in lock.read_text()):
             assert time.time() < deadline and first.poll() is None, "the first trainer never took the lock"
             time.sleep(0.05)
+        first.send_signal(signal.SIGSTOP)  # a stopped process keeps its lock and leaves the CPU to the second
         t0 = time.time()
         second = run_faulty(train_args(data, d, "--max_steps", "2", "--resume"))
         assert first.poll() is None, "the first trainer ended before the second one was tried"

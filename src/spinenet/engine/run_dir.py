@@ -47,7 +47,10 @@ def lock_model_dir(model_dir: Path) -> Iterator[Path]:
     lock file never blocks a later run; the file itself stays (removing it would race with the next locker).
     """
     path = model_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # checked before any work: a read-only folder would otherwise fail at the first save
+        raise ValueError(f"cannot write in {model_dir} ({e.strerror}); choose a writable --model_dir") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
