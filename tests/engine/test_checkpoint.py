@@ -97,3 +97,64 @@ def test_failed_write_leaves_previous_file_intact(saved, tmp_path, monkeypatch):
         save_checkpoint({"format": "x"}, target)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]
+
+
+def test_zero_byte_file_is_one_line_naming_it(tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(CheckpointError, match=r"empty.pt is empty \(0 bytes\)") as e:
+        load_model(empty)  # what evaluate, export and --init_checkpoint go through
+    assert "\n" not in str(e.value)
+
+
+class Payload:  # stands for any Python object a pickle would construct (and could run code for)
+    pass
+
+
+def test_pickled_code_is_refused_and_never_suggests_unsafe_loading(tmp_path):
+    p = tmp_path / "code.pt"
+    torch.save({"model": Payload()}, p)
+    with pytest.raises(CheckpointError, match=r"code.pt holds pickled Python code \(.*Payload\).*nothing in it "
+                                              "was run") as e:
+        read_checkpoint(p)
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_full_disk_names_the_file_and_keeps_the_previous_one(saved, tmp_path, monkeypatch):
+    """ENOSPC simulated in the file's write (test_train_faults.py fills a real tmpfs when run as root)."""
+    import errno
+    import os
+
+    from spinenet.engine.checkpoint import NoSpaceError
+
+    model, _ = saved
+    target = tmp_path / "keep.pt"
+    target.write_bytes(b"previous")
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if self.written + len(data) > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    with pytest.raises(NoSpaceError) as e:
+        save_checkpoint({"model": model.state_dict()}, target)
+    assert str(e.value).startswith(f"No space left on device: {target} (not written;")
+    assert e.value.errno == errno.ENOSPC and "inline_container" not in str(e.value)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.pt"]

@@ -72,8 +72,41 @@ def test_existing_run_needs_resume(data, tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(data, tmp_path):
-    train(cfg(), opts(data, tmp_path / "e", max_steps=2))
+    # A learning rate of 1e30 from step 0: step 1 (weights ~1e30) is the first non-finite loss.
     huge = cfg(train={"learning_rate": {"init_learning_rate": 1e30, "warmup_learning_rate": 1e30}})
-    with pytest.raises(NonFiniteLossError, match="non-finite loss at step .*cls .*box .*ckpt-2.pt"):
-        train(huge, opts(data, tmp_path / "e", max_steps=6, resume=True))
-    assert sorted(p.name for p in (tmp_path / "e").glob("*.pt")) == ["ckpt-2.pt"]
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at step 1: .*cls .*box .*ckpt-1.pt"):
+        train(huge, opts(data, tmp_path / "e", max_steps=6, checkpoint_every=1))
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.pt")) == ["ckpt-1.pt"]
+
+
+def test_resume_refuses_a_changed_run_and_records_allowed_changes(data, tmp_path):
+    d = tmp_path / "f"
+    train(cfg(), opts(data, d, max_steps=2, log_every=1))
+    with pytest.raises(ValueError, match=r"ckpt-2.pt with these changes: batch_norm_activation.activation 'swish' "
+                                         r"-> 'relu', train.train_batch_size 2 -> 4\. They alter the run"):
+        train(cfg(batch_norm_activation={"activation": "relu"}, train={"train_batch_size": 4}),
+              opts(data, d, max_steps=4, resume=True))
+    with pytest.raises(ValueError, match=r"--seed 5 -> 6\. They alter the run"):
+        train(cfg(), opts(data, d, max_steps=4, resume=True, seed=6))
+    train(cfg(train={"total_steps": 60}), opts(data, d, max_steps=3, resume=True, log_every=1))
+    assert read_checkpoint(d / "ckpt-3.pt")["resume_changes"] == [
+        {"step": 2, "changes": {"train.total_steps": [50, 60]}}]
+    # The resolved config of the latest start is in config.yaml, and it resumes as it is.
+    assert load_config(d / "config.yaml") == cfg(train={"total_steps": 60})
+    records = [json.loads(ln) for ln in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r.get("event")) for r in records] == [(1, None), (2, None), (2, "resume"), (3, None)]
+    assert records[2]["changes"] == {"train.total_steps": [50, 60]} and records[2]["source"].endswith("ckpt-2.pt")
+    assert {"train/total_loss", "train/learning_rate", "train/images_per_second"} <= set(records[3])
+
+
+def test_resume_skips_an_unreadable_newest_checkpoint(data, tmp_path, capsys):
+    d = tmp_path / "g"
+    train(cfg(), opts(data, d, max_steps=4))
+    (d / "ckpt-4.pt").write_bytes(b"")  # as a full disk or a crash outside our atomic write could leave it
+    (d / "ckpt-backup.pt").write_bytes(b"the user's copy")
+    capsys.readouterr()
+    train(cfg(), opts(data, d, max_steps=4, resume=True))
+    out = capsys.readouterr()
+    assert f"warning: skipping {d / 'ckpt-4.pt'}: {d / 'ckpt-4.pt'} is empty (0 bytes)" in out.err
+    assert f"resumed from {d / 'ckpt-2.pt'} at step 2" in out.out
+    assert read_checkpoint(d / "ckpt-4.pt")["step"] == 4 and (d / "ckpt-4.pt.unreadable").exists()

@@ -2,13 +2,18 @@
 
 They load with ``torch.load(weights_only=True)`` (plain dicts, lists, strings, numbers and tensors only) and are
 written atomically: a temporary file in the same folder, flushed and fsynced, then renamed over the target, so
-a crash never leaves a half-written checkpoint under the real name.
+a crash never leaves a half-written checkpoint under the real name. A crash can leave the temporary file; its
+name matches :data:`TEMP_NAME`, so the next run in that folder can remove exactly those files.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import pickle
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +25,45 @@ FORMAT_NAME = "spinenet-checkpoint"
 FORMAT_VERSION = 1
 
 
+# The temporary names :func:`atomic_write` makes: "." + target name + "." + mkstemp's 8 random characters + ".tmp".
+TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that can't be used: wrong kind of file, truncated, or weights of another model."""
+
+
+class NoSpaceError(OSError, ValueError):
+    """The disk filled while writing ``path``; nothing was written under that name (an earlier file is intact).
+
+    An ``OSError`` (errno ``ENOSPC``) for callers that handle I/O errors, and a ``ValueError`` so that the CLI
+    prints it as its one-line error instead of torch's ``inline_container.cc ... unexpected pos``.
+    """
+
+    def __init__(self, path: str | os.PathLike, note: str = "any earlier file of that name is intact"):
+        super().__init__(errno.ENOSPC, f"No space left on device: {path} (not written; {note}). Free some space "
+                                       "or choose another folder", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class _RecordingWriter:
+    """A file wrapper that remembers the first ``OSError`` of a write: torch.save replaces it with a RuntimeError
+    (``unexpected pos``) that no longer says the disk is full."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 def make_checkpoint(model: torch.nn.Module, cfg: ExperimentConfig, *, variant: str,
@@ -40,24 +82,38 @@ def make_checkpoint(model: torch.nn.Module, cfg: ExperimentConfig, *, variant: s
     }
 
 
-def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
-    """Write ``ckpt`` to ``path`` atomically; returns the path."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+
+    On any failure the temporary file is removed and ``path`` is untouched; a full disk is a :class:`NoSpaceError`
+    naming ``path``. Only a kill mid-write leaves the temporary file (named as :data:`TEMP_NAME` describes).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    recorder = None
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
         with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
+            recorder = _RecordingWriter(f)
+            write(recorder)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        first = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(first, OSError) and first.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceError(path) from e
         raise
     return path
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (see :func:`atomic_write`); returns the path."""
+    return atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -65,14 +121,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), probably cut off by a crash or a full disk; use an "
+                              "earlier checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
+                                  f"{_first_line(e)})") from e
+        # Refused by weights_only: the pickle names Python objects to construct. Say so; never suggest running it.
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds pickled Python code{what}, not only weights; it was refused and "
+                              "nothing in it was run. Use a spinenet checkpoint (`spinenet train` or `spinenet "
+                              "convert` make them), or re-save plain tensors from a program you trust") from None
     except Exception as e:  # torch raises several types for truncated / foreign files
         hint = ""
         if path.suffix in (".index", ".meta") or ".data-" in path.name or path.suffix == ".pb":
             hint = " It looks like a TensorFlow file: convert it first with `spinenet convert`."
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or another format: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0][:200]}).{hint}") from e
+                              f"{_first_line(e)}).{hint}") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_NAME:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path} is not a spinenet checkpoint (found {keys}); make one with "
@@ -81,6 +150,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} has format version {ckpt['format_version']}, newer than this spinenet "
                               f"({FORMAT_VERSION}); upgrade spinenet")
     return ckpt
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def checkpoint_config(ckpt: dict, source: str = "checkpoint") -> ExperimentConfig:

@@ -43,11 +43,19 @@ def add_train_parser(sub) -> None:
                        description="Train SpineNet RetinaNet with the reference recipe on COCO-format data.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_config_args(p)
-    p.add_argument("--model_dir", required=True, help="where checkpoints, TensorBoard logs and results go")
+    p.add_argument("--model_dir", required=True,
+                   help="where checkpoints, config.yaml, metrics.jsonl and TensorBoard logs go (locked while a "
+                        "trainer uses it)")
     p.add_argument("--train_data", nargs=2, metavar=("ANNOTATIONS", "IMAGES"),
                    help="COCO instances JSON and its image folder")
     p.add_argument("--val_data", nargs=2, metavar=("ANNOTATIONS", "IMAGES"), help="evaluation set")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --model_dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest readable checkpoint in --model_dir (unreadable newer ones are "
+                        "skipped with a warning); only train.total_steps, the evaluation batch and options such as "
+                        "workers, --eval_every, --checkpoint_every, --max_steps may change")
+    p.add_argument("--resume_from", metavar="CHECKPOINT",
+                   help="continue from this checkpoint (implies --resume; newer ones in --model_dir are renamed "
+                        "*.superseded)")
     p.add_argument("--init_checkpoint", help="start from the weights of a spinenet checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes per rank")
@@ -55,6 +63,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--eval_every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--checkpoint_every", type=int, default=500, help="save every N steps (and at the end)")
     p.add_argument("--keep_last", type=int, default=3, help="checkpoints kept besides best.pt")
+    p.add_argument("--log_every", type=int, default=10,
+                   help="log the training scalars every N steps (progress bar, TensorBoard, metrics.jsonl)")
     p.add_argument("--max_steps", type=int, help="stop after N steps (the schedule still uses total_steps)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
@@ -92,9 +102,10 @@ def run_train(args: argparse.Namespace) -> int:
     opts = TrainOptions(model_dir=Path(args.model_dir), train_data=tuple(args.train_data), val_data=val,
                         device=args.device, num_workers=args.num_workers, accum_steps=args.accum_steps,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
-                        resume=args.resume, init_checkpoint=args.init_checkpoint, channels_last=args.channels_last,
+                        resume=args.resume or bool(args.resume_from), resume_from=args.resume_from,
+                        init_checkpoint=args.init_checkpoint, channels_last=args.channels_last,
                         precision=args.precision, seed=args.seed, deterministic=args.deterministic,
-                        max_steps=args.max_steps, progress=not args.no_progress)
+                        max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)
     train(cfg, opts)
     return 0
 

@@ -82,3 +82,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def on_main(fn, dist_info: DistInfo):
+    """Run ``fn`` on rank 0 only; every rank returns its result or raises its exception (so all stop together
+    on, e.g., a refused resume instead of the other ranks waiting at the next collective)."""
+    box: list = [None]
+    if dist_info.is_main:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            box = [("error", e)]
+    if dist_info.distributed:
+        torch.distributed.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise value
+    return value

@@ -5,11 +5,13 @@ One optimisation step = ``accum_steps`` micro-batches per rank; the global batch
 workers), forward (bf16 autocast on GPU, fp32 on CPU), focal + Huber loss normalised by the local
 positives + 1, L2 on conv kernels inside the loss, backward, global-norm clipping, SGD momentum with the
 reference's warm-up + step schedule. Checkpoints are self-describing and atomic; ``--resume`` restores
-weights, optimiser, step, RNG states and the position in the data.
+weights, optimiser, step, RNG states, the position in the data and the best metric so far. The folder's lock,
+files and logs are :mod:`spinenet.engine.run_dir`'s; what a resume may change is :mod:`spinenet.engine.resume`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +20,23 @@ import torch
 from torch import nn
 
 from spinenet.config import ExperimentConfig
-from spinenet.engine.checkpoint import load_state_dict_strict, make_checkpoint, read_checkpoint, save_checkpoint
+from spinenet.engine.checkpoint import (
+    NoSpaceError,
+    load_state_dict_strict,
+    make_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader
-from spinenet.engine.distributed import DistInfo, init_distributed, rng_state, seed_everything, set_rng_state
+from spinenet.engine.distributed import DistInfo, init_distributed, on_main, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
+from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
+from spinenet.engine.run_dir import BEST_NAME, MetricsLog, list_checkpoints, lock_model_dir, write_config
 from spinenet.engine.schedule import build_schedule
 from spinenet.modeling.factory import build_retinanet
 from spinenet.modeling.losses import LossParams, l2_regularization, retinanet_loss
+
+EVAL_SCALARS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,6 +55,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     keep_last: int = 3
     resume: bool = False
+    resume_from: str | None = None  # a checkpoint to continue from (implies resume)
     init_checkpoint: str | None = None
     channels_last: bool = False
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
@@ -55,13 +68,12 @@ class TrainOptions:
     extra_metadata: dict = field(default_factory=dict)
 
 
+def _resolved_precision(device: torch.device, precision: str) -> str:
+    return "bf16" if precision == "bf16" or (precision == "auto" and device.type == "cuda") else "fp32"
+
+
 def _autocast(device: torch.device, precision: str):
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-
-
-def _checkpoints(model_dir: Path) -> list[Path]:
-    return sorted(model_dir.glob("ckpt-*.pt"), key=lambda p: int(p.stem.split("-")[1]))
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=_resolved_precision(device, precision) == "bf16")
 
 
 def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
@@ -70,12 +82,13 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     try:
         if opts.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
-        return _train(cfg, opts)
+        with contextlib.ExitStack() as stack:
+            return _train(cfg, opts, stack)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
-def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
+def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStack) -> dict:
     from spinenet.registry import get_model_info
 
     dist_info = init_distributed(opts.device)
@@ -84,6 +97,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     model_dir = Path(opts.model_dir)
     if dist_info.is_main:
         model_dir.mkdir(parents=True, exist_ok=True)
+    on_main(lambda: stack.enter_context(lock_model_dir(model_dir)) and None, dist_info)  # held until train() ends
 
     model = build_retinanet(cfg)
     if opts.init_checkpoint:
@@ -101,19 +115,12 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     if cfg.train.optimizer.type != "momentum":
         raise ValueError(f"train.optimizer.type {cfg.train.optimizer.type!r} is not supported; valid: momentum")
     schedule = build_schedule(cfg)
-    step, position, best, resume_rng = 0, DataPosition(), None, None
-    existing = _checkpoints(model_dir)
-    if existing and not opts.resume:
-        raise ValueError(f"{model_dir} already holds checkpoints ({existing[-1].name}); pass --resume to continue "
-                         "that run or choose another --model_dir")
-    if opts.resume and existing:
-        ckpt = read_checkpoint(existing[-1])
-        load_state_dict_strict(detector, ckpt["model"], str(existing[-1]))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step, position, best = ckpt["step"], DataPosition(**ckpt["data_position"]), ckpt.get("best_metric")
-        resume_rng = ckpt["rng"][min(dist_info.rank, len(ckpt["rng"]) - 1)]
-        if dist_info.is_main:
-            print(f"resumed from {existing[-1]} at step {step}")
+    run = run_settings(seed=opts.seed, accum_steps=opts.accum_steps, world_size=dist_info.world_size,
+                       precision=_resolved_precision(device, opts.precision),
+                       train_annotations=opts.train_data[0], val_annotations=(opts.val_data or (None,))[0])
+    state = resume_run(model_dir, opts.resume, opts.resume_from, cfg, run, detector, optimizer, dist_info)
+    step, position, best, history = state.step, DataPosition(**state.data_position), state.best, state.history
+    log = _start_logs(model_dir, cfg, step, state.source, state.changes) if dist_info.is_main else None
 
     world, accum = dist_info.world_size, opts.accum_steps
     global_batch = cfg.train.train_batch_size
@@ -145,16 +152,23 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
             states = [rng_state()]
         if not dist_info.is_main:
             return
-        extra = {"step": step, "optimizer": optimizer.state_dict(), "rng": states,
-                 "data_position": vars(loader.position()), "best_metric": best,
-                 "metrics": metrics or {}, **opts.extra_metadata}
-        ckpt = make_checkpoint(detector, cfg, variant=variant, label_map=label_map, extra=extra)
-        save_checkpoint(ckpt, model_dir / f"ckpt-{step}.pt")
-        if metrics and (best is None or metrics["AP"] > best):
+        # The best metric is updated before anything is written, so ckpt-N holds the best *including* this
+        # evaluation (a resume from it must not forget it), and it is checked against best.pt's own record.
+        improved = bool(metrics) and metrics["AP"] > (max_metric(best, recorded_best(model_dir)) or -float("inf"))
+        if improved:
             best = metrics["AP"]
-            ckpt["best_metric"] = best
-            save_checkpoint(ckpt, model_dir / "best.pt")
-        for old in _checkpoints(model_dir)[:-opts.keep_last]:
+        extra = {"step": step, "optimizer": optimizer.state_dict(), "rng": states,
+                 "data_position": vars(loader.position()), "best_metric": best, "metrics": metrics or {},
+                 "run": run, "resume_changes": history, **opts.extra_metadata}
+        ckpt = make_checkpoint(detector, cfg, variant=variant, label_map=label_map, extra=extra)
+        last = (list_checkpoints(model_dir) or ["(none)"])[-1]
+        try:  # best.pt first: a kill between the two leaves best.pt's metric, which a resume reads back
+            if improved:
+                save_checkpoint(ckpt, model_dir / BEST_NAME)
+            save_checkpoint(ckpt, model_dir / f"ckpt-{step}.pt")
+        except NoSpaceError as e:
+            raise NoSpaceError(e.filename, f"the last complete checkpoint is {last}") from None
+        for old in list_checkpoints(model_dir)[:-opts.keep_last]:
             old.unlink(missing_ok=True)
 
     from tqdm import tqdm
@@ -163,8 +177,8 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
                dynamic_ncols=True)
     model.train()
     batches = iter(loader)
-    if resume_rng is not None:  # last, so that nothing between here and the first step draws from it
-        set_rng_state(resume_rng)
+    if state.rng is not None:  # last, so that nothing between here and the first step draws from it
+        set_rng_state(state.rng)
     t_last, images_seen, metrics = time.perf_counter(), 0, {}
     summary: dict = {}
     while step < last_step:
@@ -188,7 +202,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
                 raise NonFiniteLossError(
                     f"non-finite loss at step {step}: total {total.item():.4g}, cls {losses['cls_loss'].item():.4g}, "
                     f"box {losses['box_loss'].item():.4g}, l2 {l2.item():.4g}. Training stopped; the last good "
-                    f"checkpoint is {(_checkpoints(model_dir) or ['(none)'])[-1]}. Lower the learning rate or "
+                    f"checkpoint is {(list_checkpoints(model_dir) or ['(none)'])[-1]}. Lower the learning rate or "
                     "check the data.")
             (total / accum).backward()
             images_seen += images.shape[0] * world
@@ -207,30 +221,27 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
             t_last, images_seen = now, 0
             bar.set_postfix(loss=f"{parts['total_loss']:.3f}", cls=f"{parts['cls_loss']:.3f}",
                             box=f"{parts['box_loss']:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.1f}")
-            if writer is not None:
-                for k, v in parts.items():
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/learning_rate", lr, step)
-                writer.add_scalar("train/images_per_second", ips, step)
+            _log_scalars(writer, log, step, {**{f"train/{k}": v for k, v in parts.items()},
+                                             "train/learning_rate": lr, "train/images_per_second": ips})
         summary = {"step": step, **parts, "learning_rate": lr}
         do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
         if do_eval:
             metrics = run_evaluation(model, eval_loader, evaluator, device,
                                      progress=opts.progress and dist_info.is_main)
-            if writer is not None:
-                for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
-                    writer.add_scalar(f"eval/{k}", metrics[k], step)
+            _log_scalars(writer, log, step, {f"eval/{k}": metrics[k] for k in EVAL_SCALARS})
         if do_eval or step == last_step or step % opts.checkpoint_every == 0:
             save(metrics=metrics if do_eval else None)
     bar.close()
     if writer is not None:
         writer.close()
+    if log is not None:
+        log.close()
     report = loader.dataset.report()
     if loader.skipped_images:
         report += (f"\n  {loader.skipped_images} unreadable image loads skipped during training on this rank "
                    "(missing or corrupt files; each is named in a warning above)")
     summary.update(metrics={k: v for k, v in metrics.items() if k != "per_class_ap"},
-                   checkpoint=str(_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
+                   checkpoint=str(list_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
                    skipped=report, weights_digest=_weights_digest(detector, dist_info))
     if dist_info.is_main:
         _print_summary(summary)
@@ -273,6 +284,24 @@ def _all_finite(x: torch.Tensor, dist_info: DistInfo) -> bool:
     if dist_info.distributed:
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)  # every rank stops together
     return bool(flag.item() > 0)
+
+
+def _start_logs(model_dir: Path, cfg: ExperimentConfig, step: int, source, changes: dict):
+    """config.yaml (the resolved config, rewritten on each start) and metrics.jsonl (with a resume record)."""
+    write_config(model_dir, cfg)
+    log = MetricsLog(model_dir, step)
+    if source is not None:
+        log.write(step, event="resume", source=str(source), changes=changes)
+    return log
+
+
+def _log_scalars(writer, log: MetricsLog | None, step: int, scalars: dict[str, float]) -> None:
+    """The same scalars to TensorBoard (when installed and enabled) and to metrics.jsonl."""
+    if writer is not None:
+        for k, v in scalars.items():
+            writer.add_scalar(k, v, step)
+    if log is not None:
+        log.write(step, **scalars)
 
 
 def _summary_writer(model_dir: Path):
