@@ -210,3 +210,47 @@ class DetectionSource:
         if arrays is None or not self.info.raw:
             return arrays
         return detections_from_raw(arrays, self.info)
+
+
+def postprocess_folder(output: str | os.PathLike, model: str | os.PathLike, output_dir: str | os.PathLike,
+                       outfmt: str = "TXT") -> tuple[Path, int]:
+    """Every input's raw maps in ``output`` -> the five seed outputs in msame's layout under ``output_dir``
+    (``<name>_output_<k>.txt|bin``), the files the seed's ``test_spinenet_om_data.py`` and ``spinenet report``
+    read. Written into a temporary sibling folder renamed at the end: a failure leaves nothing half-written.
+    Returns the folder and the number of inputs.
+    """
+    import shutil
+    import tempfile
+
+    from spinenet.deploy.msame_format import write_output
+
+    source = DetectionSource(output, model)
+    if not source.info.raw:
+        raise ValueError(f"--model {model} is a detections export (its outputs are already the five detections): "
+                         "give the --postprocess none export whose raw maps are in the folder")
+    target = Path(output_dir)
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"--output_dir {target} is not empty: give a new folder")
+    names = sorted(source.names())
+    if not names:
+        raise FileNotFoundError(f"{source.path} holds no outputs")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for name in names:
+            for k, array in enumerate(source.read(name).values()):
+                write_output(tmp, name, k, array, outfmt)
+        if target.exists():
+            target.rmdir()
+        tmp.chmod(0o777 & ~_umask())
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, len(names)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -13,8 +13,9 @@ examples:
 
 --output is an msame or ais_bench output folder (TXT, BIN in fp32 or fp16, NPY): the run folder itself, or its
 parent (then the newest run folder). Raw head maps (export --postprocess none) need --model raw.onnx and are
-post-processed on the host with the graph's own anchors and thresholds. Image i of the sorted --image_file_pattern (readable images only, as spinenet image2bin
-numbers them) goes with NNNNN_output_<k>; --manifest (from spinenet image2bin) gives that mapping, the original
+post-processed on the host with the graph's own anchors and thresholds. Image i of the sorted
+--image_file_pattern (readable images only, as spinenet image2bin numbers them) goes with NNNNN_output_<k>
+(ais_bench: NNNNN_<k>); --manifest (from spinenet image2bin) gives that mapping, the original
 sizes and the letterbox scales instead. Boxes are mapped back with ImageInfo row 2 (the scale), not row 1.
 """
 
