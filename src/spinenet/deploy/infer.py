@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spinenet.deploy.msame_flags import MsameOptions, MsameRun
 from spinenet.deploy.msame_format import timeline_dirname, write_output
-from spinenet.deploy.runtimes import open_session
 
 
 @dataclass
@@ -42,12 +42,16 @@ def _inputs(path: Path) -> list[Path]:
 
 def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
                   outfmt: str = "TXT", backend: str = "onnxruntime", device: str = "cpu", loop: int = 1,
-                  threads: int | None = None, precision: str = "fp32", progress: bool = True) -> InferResult:
+                  threads: int | None = None, precision: str = "fp32", progress: bool = True,
+                  msame: MsameOptions | None = None) -> InferResult:
+    """``msame``: msame's remaining flags (--debug, --profiler, --dump, --dym*, --outputSize; see msame_flags)."""
     from tqdm import tqdm
 
     if not 1 <= loop <= 100:
         raise ValueError(f"--loop must be in 1..100 (as msame), got {loop}")
-    session = open_session(model, backend, device, threads, precision)
+    flags = MsameRun(msame, backend, output)
+    session = flags.open_session(model, device, threads, precision)
+    flags.after_open(session, model)
     files = _inputs(Path(input_path))
     if not files:
         raise FileNotFoundError(f"--input {input_path} holds no .bin files (make them with `spinenet image2bin`)")
@@ -84,6 +88,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
             bar.write(f"Inference time: {ms:.3f}ms")
         # Single-file input is named after the model, as msame does; folder input after each input file.
         name = Path(model).stem if single else path.stem
+        flags.after_run(name, x, outputs, run_dir)
         for k, array in enumerate(outputs.values()):
             write_output(run_dir, name, k, array, outfmt)
         result.files.append(str(path))
@@ -92,14 +97,15 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
         print(f"Inference average time : {avg:.2f} ms")
         if len(result.times_ms) > 1:
             print(f"Inference average time without first time: {statistics.fmean(result.times_ms[1:]):.2f} ms")
-    _write_summary(result, model, backend, device, precision, session, outfmt)
+    flags.finish(session)
+    _write_summary(result, model, backend, device, precision, session, outfmt, flags.summary())
     if result.skipped:
         print(f"{len(result.skipped)} input file(s) skipped: " + "; ".join(f"{p} ({r})" for p, r in result.skipped))
     print(f"outputs: {run_dir} ({len(result.files)} inputs, {outfmt})")
     return result
 
 
-def _write_summary(result: InferResult, model, backend, device, precision, session, outfmt) -> None:
+def _write_summary(result: InferResult, model, backend, device, precision, session, outfmt, extra: dict) -> None:
     t = result.times_ms
     ordered = sorted(t)
     summary = {
@@ -112,7 +118,7 @@ def _write_summary(result: InferResult, model, backend, device, precision, sessi
                     "mean_without_first": statistics.fmean(t[1:]) if len(t) > 1 else None,
                     "median": statistics.median(t) if t else None,
                     "p90": ordered[min(len(t) - 1, int(0.9 * len(t)))] if t else None, "count": len(t),
-                    "timed": "model run only (as msame times aclmdlExecute): no file I/O"},
+                    "timed": "model run only (as msame times aclmdlExecute): no file I/O"}, **extra,
     }
     tmp = result.run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))
