@@ -21,6 +21,7 @@ import numpy as np
 
 from spinenet.deploy.msame_flags import MsameOptions, MsameRun
 from spinenet.deploy.msame_format import timeline_dirname, write_output
+from spinenet.deploy.runtimes import open_session
 
 
 @dataclass
@@ -50,7 +51,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
     if not 1 <= loop <= 100:
         raise ValueError(f"--loop must be in 1..100 (as msame), got {loop}")
     flags = MsameRun(msame, backend, output)
-    session = flags.open_session(model, device, threads, precision)
+    session = flags.open_session(model, device, threads) or open_session(model, backend, device, threads, precision)
     flags.after_open(session, model)
     files = _inputs(Path(input_path))
     if not files:

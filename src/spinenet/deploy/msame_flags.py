@@ -209,14 +209,15 @@ class MsameRun:
             raise ValueError(f"{flag} true: wired to ONNX Runtime here (its profiler / every node's output); "
                              f"use --backend onnxruntime, not {backend}")
 
-    def open_session(self, model, device: str, threads, precision: str):
-        from spinenet.deploy.runtimes import OnnxRuntimeSession, open_session
+    def open_session(self, model, device: str, threads):
+        """With ``--profiler true``, an ONNX Runtime session that profiles; else None (the caller's session)."""
+        from spinenet.deploy.runtimes import OnnxRuntimeSession
 
-        if self.opts.profiler:
-            folder = self.out_root / "profiler"
-            folder.mkdir(parents=True, exist_ok=True)
-            return OnnxRuntimeSession(model, device, threads, profile_prefix=str(folder / "onnxruntime_profile"))
-        return open_session(model, self.backend, device, threads, precision)
+        if not self.opts.profiler:
+            return None
+        folder = self.out_root / "profiler"
+        folder.mkdir(parents=True, exist_ok=True)
+        return OnnxRuntimeSession(model, device, threads, profile_prefix=str(folder / "onnxruntime_profile"))
 
     def after_open(self, session, model) -> None:
         if self.opts.debug:
