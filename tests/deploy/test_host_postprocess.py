@@ -1,6 +1,8 @@
 """Host post-processing: a raw-maps export's outputs (BIN fp32/fp16, TXT, NPY) -> the same detections as the
 in-graph path and as the eager reference."""
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -124,3 +126,23 @@ def test_postprocess_folder(exported, random_images, tmp_path):
         postprocess_folder(tmp_path / "out", v1, tmp_path / "dets2")
     assert not (tmp_path / "dets2").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+
+
+def test_model_found_through_infers_summary(exported, random_images, tmp_path):
+    """`spinenet infer` names its model in summary.json: report needs no --model for its raw maps."""
+    raw, _ = exported
+    maps = OnnxRuntimeSession(raw).run(random_images(1, SIZE, seed=8).numpy())
+    run = tmp_path / "20220606_222003"
+    _write_raw(run, "00000", maps, "BIN")
+    (run / "summary.json").write_text(json.dumps({"model": str(raw)}))
+    source = DetectionSource(run)
+    assert source.info.raw and any(str(raw) in n for n in source.notes)
+    np.testing.assert_array_equal(source.read("00000")["DetectionScores"],
+                                  detections_from_raw(maps, read_model_info(raw))["DetectionScores"])
+    bare = tmp_path / "bare.onnx"
+    proto = onnx.load(str(raw))
+    del proto.metadata_props[:]
+    onnx.save(proto, bare)
+    (run / "summary.json").write_text(json.dumps({"model": str(bare)}))
+    with pytest.raises(ValueError, match="pass --model"):  # not usable: falls back to "no model", then refuses
+        DetectionSource(run)

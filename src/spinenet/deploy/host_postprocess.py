@@ -168,10 +168,9 @@ class DetectionSource:
 
         self.run = open_run_folder(output)
         self.notes: list[str] = []
-        if model is None:
-            model = self._model_from_summary()
-        if model is not None:
-            self.info = read_model_info(model)
+        info = read_model_info(model) if model is not None else self._model_from_summary()
+        if info is not None:
+            self.info = info
         else:
             self.info = ModelInfo(Path("(none)"), False, 1, (0, 0))
             self._refuse_raw_without_model()
@@ -180,16 +179,22 @@ class DetectionSource:
                              "per input file (export with --batch_size 1)")
         self.specs = self.info.output_specs()
 
-    def _model_from_summary(self) -> Path | None:
+    def _model_from_summary(self) -> ModelInfo | None:
+        """The model ``spinenet infer`` recorded, if it is still there and readable (else None: no model)."""
         summary = self.run.path / "summary.json"
         try:
             model = Path(json.loads(summary.read_text())["model"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if model.suffix.lower() == ".onnx" and model.is_file():
-            self.notes.append(f"model {model} (from {summary})")
-            return model
-        return None
+        if model.suffix.lower() != ".onnx" or not model.is_file():
+            return None
+        try:
+            info = read_model_info(model)
+        except ValueError as e:
+            self.notes.append(f"the model named in {summary} was not used: {e}")
+            return None
+        self.notes.append(f"model {model} (from {summary})")
+        return info
 
     def _refuse_raw_without_model(self) -> None:
         for name in sorted(self.run.names())[:1]:
