@@ -121,3 +121,11 @@ def test_raw_maps_without_model_are_refused(tmp_path):
     with pytest.raises(ValueError, match="more than 5 outputs .* pass --model"):
         DetectionSource(run)
     assert os.listdir(run)  # nothing removed or written
+
+
+def test_txt_garbage_names_the_file(tmp_path):
+    path = tmp_path / "00000_output_3.txt"
+    path.write_text("0.5 oops \n")
+    with pytest.raises(ValueError, match="not msame/ais_bench TXT output") as e:
+        read_array(path, OutputSpec("DetectionScores", np.dtype(np.float32), (1, 2)))
+    assert str(path) in str(e.value)
