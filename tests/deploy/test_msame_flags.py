@@ -131,3 +131,11 @@ def test_options_dataclass_checks():
     MsameOptions(dymBatch=2).check()
     with pytest.raises(ValueError, match="cannot be set at the same time"):
         MsameOptions(dymDims="a:1", dymShape="a:1").check()
+
+
+def test_device_id_is_a_gpu_where_the_runtime_has_cuda(monkeypatch):
+    import spinenet.deploy.msame_flags as flags
+
+    monkeypatch.setattr(flags, "_has_cuda", lambda backend: True)
+    assert resolve_device("2", "torch") == ("cuda:2", None)
+    assert resolve_device("0", "onnxruntime") == ("cuda:0", None)

@@ -5,6 +5,8 @@ Same flags (``--model --input --output --outfmt TXT|BIN --loop``), same output f
 same timing lines (``Inference time: X ms`` per file, ``Inference average time : X ms`` and ``… without first
 time``), which time the model run alone as msame times ``aclmdlExecute``. Unlike msame it checks every input's
 size against the model and names the file on a mismatch (counted and skipped), and writes ``summary.json``.
+msame's other flags (``--device`` id, ``--debug``, ``--profiler``, ``--dump``, ``--dym*``, ``--outputSize``) are
+answered in :mod:`spinenet.deploy.msame_flags`.
 """
 
 from __future__ import annotations

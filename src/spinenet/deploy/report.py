@@ -1,4 +1,4 @@
-"""``spinenet report``: an msame output folder -> one self-contained HTML page (+ COCO mAP with annotations).
+"""``spinenet report``: an msame or ais_bench output folder -> one self-contained HTML page (+ COCO mAP).
 
 The seed's ``test_spinenet_om_data.py`` (deployment-contract.md §1.7) matched image i of the glob to
 ``{i:05d}_output_<k>``, divided the boxes by ImageInfo **row 1** (the constant model input size, so boxes were
