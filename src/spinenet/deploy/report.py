@@ -307,13 +307,13 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     html_path = Path(output_html)
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
     label_map = read_label_map(label_map_file)
-    source = DetectionSource(output, model)
-    run_folder = source.path
+    outputs_in = DetectionSource(output, model)
+    run_folder = outputs_in.path
     manifest_data = read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
     entries, skipped = collect_images(image_file_pattern, manifest_data)
-    result = ReportResult(html_path, run_folder, skipped=skipped, notes=list(source.notes))
+    result = ReportResult(html_path, run_folder, skipped=skipped, notes=list(outputs_in.notes))
     evaluator, ids_by_name = None, {}
     if annotations:
         from spinenet.engine.evaluate import CocoEvaluator
@@ -338,7 +338,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 entry.index, next_index = next_index, next_index + 1
             used.add(entry.output_name)
             try:
-                section, outputs, eval_info = _report_image(source, entry, pixels, options, result)
+                section, outputs, eval_info = _report_image(outputs_in, entry, pixels, options, result)
             except (FileNotFoundError, ValueError) as e:
                 result.missing.append((str(entry.source), str(e)))
                 continue
@@ -354,7 +354,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
             raise ValueError(f"nothing to report from {run_folder} and {source}: {len(result.missing)} image(s) "
                              f"without usable outputs, {len(result.skipped)} file(s) skipped{first}")
-        extra = source.names() - used
+        extra = outputs_in.names() - used
         if extra:
             names = ", ".join(sorted(extra)[:5]) + (" ..." if len(extra) > 5 else "")
             result.notes.append(f"{len(extra)} output set(s) in the folder have no image ({names}): does the image "
@@ -367,7 +367,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         sections.seek(0)
 
         def write(f) -> None:
-            f.write(page_head(result, image_file_pattern, source.run.timing(), started))
+            f.write(page_head(result, image_file_pattern, outputs_in.run.timing(), started))
             while chunk := sections.read(1 << 20):
                 f.write(chunk)
             f.write("</body></html>\n")
