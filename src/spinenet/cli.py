@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_image2bin_parser,
         add_infer_parser,
     )
+    from spinenet.deploy.postprocess_cli import add_postprocess_parser
     from spinenet.deploy.report_cli import add_report_parser
     from spinenet.engine.cli import add_evaluate_parser, add_train_parser
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_image2bin_parser(sub)
     add_infer_parser(sub)
     add_report_parser(sub)
+    add_postprocess_parser(sub)
     add_detect_parser(sub)
     add_benchmark_parser(sub)
     return parser

@@ -6,6 +6,8 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from spinenet.deploy.msame_flags import add_msame_flags, msame_options
+
 EXPORT_EPILOG = """\
 examples:
   spinenet export --checkpoint spinenet49s.pt --output export/            (-> export/retinanet_spinenet49s.onnx)
@@ -202,8 +204,10 @@ def add_infer_parser(sub) -> None:
     p.add_argument("--outfmt", default="TXT", help="TXT, or anything else for raw BIN (as msame)")
     p.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "torch"],
                    help="runtime: onnxruntime (default) or openvino for a .onnx, torch for a spinenet .pt")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, or msame's device id 0..255 (cuda:N where "
+                                                   "the runtime has CUDA; 0 is the CPU otherwise)")
     p.add_argument("--loop", type=int, default=1, help="repeat a single-file input N times (1..100)")
+    add_msame_flags(p)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: the runtime's)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                    help="OpenVINO inference precision (its CPU default is bf16 where supported)")
@@ -214,10 +218,14 @@ def add_infer_parser(sub) -> None:
 
 def run_infer(args: argparse.Namespace) -> int:
     from spinenet.deploy.infer import run_inference
+    from spinenet.deploy.msame_flags import resolve_device
 
+    device, note = resolve_device(args.device, args.backend)
+    if note:
+        print(f"[INFO] {note}")
     result = run_inference(args.model, args.input, args.output, outfmt=args.outfmt, backend=args.backend,
-                           device=args.device, loop=args.loop, threads=args.threads, precision=args.precision,
-                           progress=not args.quiet, quiet=args.quiet)
+                           device=device, loop=args.loop, threads=args.threads, precision=args.precision,
+                           progress=not args.quiet, quiet=args.quiet, msame=msame_options(args))
     return 0 if result.files else 1
 
 

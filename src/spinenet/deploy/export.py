@@ -22,6 +22,7 @@ import onnx
 import torch
 from torch import Tensor, nn
 
+from spinenet.deploy.host_postprocess import detector_metadata
 from spinenet.deploy.onnx_graph import annotate_loop_shapes, check_exported_model, fold_integer_constants
 from spinenet.deploy.optimize import DEFAULT_WINOGRAD_MIN_PIXELS, optimize_for_inference
 from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
@@ -160,7 +161,7 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
                 "spinenet.image_size": f"{wrapper.image_size[0]},{wrapper.image_size[1]}",
                 "spinenet.batch_size": str(batch_size), "spinenet.pre_nms_topk": str(pre_nms_topk),
                 "spinenet.conv_algorithm": conv_algorithm,
-                "spinenet.num_classes": str(model.num_classes), **(metadata or {})}
+                "spinenet.num_classes": str(model.num_classes), **detector_metadata(model), **(metadata or {})}
         onnx.helper.set_model_props(proto, meta)
         # Keep the inferred types: the exporter declares some outputs with symbolic dims (e.g. the batch of
         # NumDetections), which inference resolves to the static ones; tools reading the file see those.

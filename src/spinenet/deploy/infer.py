@@ -5,6 +5,8 @@ Same flags (``--model --input --output --outfmt TXT|BIN --loop``), same output f
 same timing lines (``Inference time: X ms`` per file, ``Inference average time : X ms`` and ``… without first
 time``), which time the model run alone as msame times ``aclmdlExecute``. Unlike msame it checks every input's
 size against the model and names the file on a mismatch (counted and skipped), and writes ``summary.json``.
+msame's other flags (``--device`` id, ``--debug``, ``--profiler``, ``--dump``, ``--dym*``, ``--outputSize``) are
+answered in :mod:`spinenet.deploy.msame_flags`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spinenet.deploy.msame_flags import MsameOptions, MsameRun
 from spinenet.deploy.msame_format import timeline_dirname, write_output
 from spinenet.deploy.run_state import mark_complete, mark_started
 from spinenet.deploy.runtimes import open_session
@@ -44,16 +47,19 @@ def _inputs(path: Path) -> list[Path]:
 def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, output: str | os.PathLike, *,
                   outfmt: str = "TXT", backend: str = "onnxruntime", device: str = "cpu", loop: int = 1,
                   threads: int | None = None, precision: str = "fp32", progress: bool = True,
-                  quiet: bool = False) -> InferResult:
+                  quiet: bool = False, msame: MsameOptions | None = None) -> InferResult:
     """Run ``model`` over the .bin inputs (see the module docstring). ``quiet``: print only warnings (skipped
-    inputs), not msame's run folder and timing lines."""
+    inputs), not msame's run folder and timing lines. ``msame``: msame's remaining flags (--debug, --profiler,
+    --dump, --dym*, --outputSize; see msame_flags)."""
     from tqdm import tqdm
 
     say = (lambda *a, **k: None) if quiet else print
 
     if not 1 <= loop <= 100:
         raise ValueError(f"--loop must be in 1..100 (as msame), got {loop}")
-    session = open_session(model, backend, device, threads, precision)
+    flags = MsameRun(msame, backend, output)
+    session = flags.open_session(model, device, threads) or open_session(model, backend, device, threads, precision)
+    flags.after_open(session, model)
     files = _inputs(Path(input_path))
     if not files:
         raise FileNotFoundError(f"--input {input_path} holds no .bin files (make them with `spinenet image2bin`)")
@@ -92,6 +98,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
                 bar.write(f"Inference time: {ms:.3f}ms")
         # Single-file input is named after the model, as msame does; folder input after each input file.
         name = Path(model).stem if single else path.stem
+        flags.after_run(name, x, outputs, run_dir)
         for k, array in enumerate(outputs.values()):
             write_output(run_dir, name, k, array, outfmt)
         result.files.append(str(path))
@@ -100,7 +107,8 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
         say(f"Inference average time : {avg:.2f} ms")
         if len(result.times_ms) > 1:
             say(f"Inference average time without first time: {statistics.fmean(result.times_ms[1:]):.2f} ms")
-    _write_summary(result, model, backend, device, precision, session, outfmt)
+    flags.finish(session)
+    _write_summary(result, model, backend, device, precision, session, outfmt, flags.summary())
     mark_complete(run_dir)  # last: until here `spinenet report` sees an unfinished run
     if result.skipped:
         print(f"{len(result.skipped)} input file(s) skipped: " + "; ".join(f"{p} ({r})" for p, r in result.skipped))
@@ -108,7 +116,7 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
     return result
 
 
-def _write_summary(result: InferResult, model, backend, device, precision, session, outfmt) -> None:
+def _write_summary(result: InferResult, model, backend, device, precision, session, outfmt, extra: dict) -> None:
     t = result.times_ms
     ordered = sorted(t)
     summary = {
@@ -121,7 +129,7 @@ def _write_summary(result: InferResult, model, backend, device, precision, sessi
                     "mean_without_first": statistics.fmean(t[1:]) if len(t) > 1 else None,
                     "median": statistics.median(t) if t else None,
                     "p90": ordered[min(len(t) - 1, int(0.9 * len(t)))] if t else None, "count": len(t),
-                    "timed": "model run only (as msame times aclmdlExecute): no file I/O"},
+                    "timed": "model run only (as msame times aclmdlExecute): no file I/O"}, **extra,
     }
     tmp = result.run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=1))

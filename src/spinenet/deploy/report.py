@@ -1,4 +1,4 @@
-"""``spinenet report``: an msame output folder -> one self-contained HTML page (+ COCO mAP with annotations).
+"""``spinenet report``: an msame or ais_bench output folder -> one self-contained HTML page (+ COCO mAP).
 
 The seed's ``test_spinenet_om_data.py`` (deployment-contract.md §1.7) matched image i of the glob to
 ``{i:05d}_output_<k>``, divided the boxes by ImageInfo **row 1** (the constant model input size, so boxes were
@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from spinenet.data.label_map import read_label_map
 from spinenet.deploy.file_patterns import describe, match_files
+from spinenet.deploy.host_postprocess import DetectionSource
 from spinenet.deploy.image2bin import load_rgb, read_manifest
-from spinenet.deploy.msame_format import read_seed_outputs, resolve_run_folder
 from spinenet.deploy.run_state import check_run_complete
 from spinenet.io_checks import atomic_write
 
@@ -245,7 +245,7 @@ section.image{margin:2em 0;border-top:1px solid #ddd}section.image img{max-width
 def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dict, started: float) -> str:
     """Title, run summary, skipped items and the mAP tables."""
     pattern = describe(pattern) if pattern else "(from the manifest)"
-    rows = [["msame output folder", result.run_folder], ["image file pattern", pattern],
+    rows = [["output folder", result.run_folder], ["image file pattern", pattern],
             ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
             ["detections drawn", result.num_drawn],
             ["images without usable outputs", len(result.missing)], ["files skipped", len(result.skipped)],
@@ -274,22 +274,6 @@ def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dic
     return "\n".join(parts) + "\n"
 
 
-def infer_timing(run_folder: Path) -> dict:
-    """Top-level scalars (and one level of nesting) of ``spinenet infer``'s ``summary.json``, if present."""
-    path = run_folder / "summary.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for k, v in data.items() if isinstance(data, dict) else ():
-        items = v.items() if isinstance(v, dict) else [("", v)]
-        for sub, value in items:
-            if isinstance(value, (str, int, float, bool)) or value is None:
-                out[f"{k}.{sub}" if sub else k] = value
-    return out
-
-
 def _check_writable(folder: Path) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -312,14 +296,17 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                  image_file_pattern: str | list[str] | None = None, *, manifest: str | os.PathLike | None = None,
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
-                 label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False) -> ReportResult:
+                 label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False,
+                 model: str | os.PathLike | None = None) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
     ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
     With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator`, the
     12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
     A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
-    warning (:mod:`spinenet.deploy.run_state`).
+    warning (:mod:`spinenet.deploy.run_state`). ``output`` may be an msame, ais_bench or ``spinenet infer``
+    folder; ``model`` (the exported .onnx) is needed when its outputs are raw head maps, which are then
+    post-processed here (:mod:`host_postprocess`).
     """
     started = time.perf_counter()
     if label_map_format != "csv":
@@ -330,13 +317,15 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     html_path = Path(output_html)
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
     label_map = read_label_map(label_map_file)
-    run_folder = resolve_run_folder(output)
+    outputs_in = DetectionSource(output, model)
+    run_folder = outputs_in.path
     partial_note = check_run_complete(run_folder, allow_partial)  # an interrupted `spinenet infer`: refuse or warn
     manifest_data = read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
     entries, skipped = collect_images(image_file_pattern, manifest_data)
-    result = ReportResult(html_path, run_folder, skipped=skipped, notes=[partial_note] if partial_note else [])
+    result = ReportResult(html_path, run_folder, skipped=skipped,
+                          notes=[*outputs_in.notes, *([partial_note] if partial_note else [])])
     evaluator, ids_by_name = None, {}
     if annotations:
         from spinenet.engine.evaluate import CocoEvaluator
@@ -361,7 +350,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 entry.index, next_index = next_index, next_index + 1
             used.add(entry.output_name)
             try:
-                section, outputs, eval_info = _report_image(run_folder, entry, pixels, options, result)
+                section, outputs, eval_info = _report_image(outputs_in, entry, pixels, options, result)
             except (FileNotFoundError, ValueError) as e:
                 result.missing.append((str(entry.source), str(e)))
                 continue
@@ -377,7 +366,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
             raise ValueError(f"nothing to report from {run_folder} and {source}: {len(result.missing)} image(s) "
                              f"without usable outputs, {len(result.skipped)} file(s) skipped{first}")
-        extra = {p.name.split("_output_")[0] for p in run_folder.glob("*_output_0.*")} - used
+        extra = outputs_in.names() - used
         if extra:
             names = ", ".join(sorted(extra)[:5]) + (" ..." if len(extra) > 5 else "")
             result.notes.append(f"{len(extra)} output set(s) in the folder have no image ({names}): does the image "
@@ -390,7 +379,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         sections.seek(0)
 
         def write(f) -> None:
-            f.write(page_head(result, image_file_pattern, infer_timing(run_folder), started))
+            f.write(page_head(result, image_file_pattern, outputs_in.run.timing(), started))
             while chunk := sections.read(1 << 20):
                 f.write(chunk)
             f.write("</body></html>\n")
@@ -415,16 +404,17 @@ class _DrawOptions:
     use_normalized_coordinates: bool
 
 
-def _report_image(run_folder: Path, entry: ImageEntry, pixels: np.ndarray, opt: _DrawOptions,
+def _report_image(source: DetectionSource, entry: ImageEntry, pixels: np.ndarray, opt: _DrawOptions,
                   result: ReportResult) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
     """One image's HTML section, its outputs and the ImageInfo to score them with (row 2 = effective scale).
 
     Raises FileNotFoundError / ValueError (the caller counts the image as missing) when its outputs are absent
     or unusable.
     """
-    outputs = read_seed_outputs(run_folder, entry.output_name)
+    outputs = source.read(entry.output_name)
     if outputs is None:
-        raise FileNotFoundError(f"no {entry.output_name}_output_<k>.txt|bin in {run_folder}")
+        pattern = "_output_<k>.txt|bin" if source.run.tool == "msame" else "_<k>.bin|npy|txt"
+        raise FileNotFoundError(f"no {entry.output_name}{pattern} in {source.path}")
     if outputs["NumDetections"].shape[0] != 1:
         raise ValueError(f"{entry.output_name}: outputs hold a batch of {outputs['NumDetections'].shape[0]}; "
                          "one image per input file expected")

@@ -11,9 +11,11 @@ examples:
   spinenet report --output out/ --manifest bins/manifest.json --label_map_file coco_label_map.csv \\
       --output_html report.html --annotations instances_val2017.json      (+ COCO mAP, report_metrics.json)
 
---output is an msame output folder (TXT or BIN): the timestamped run folder itself, or its parent (then the
-newest run folder). Image i of the sorted --image_file_pattern (readable images only, as spinenet image2bin
-numbers them) goes with NNNNN_output_<k>; --manifest (from spinenet image2bin) gives that mapping, the original
+--output is an msame or ais_bench output folder (TXT, BIN in fp32 or fp16, NPY): the run folder itself, or its
+parent (then the newest run folder). Raw head maps (export --postprocess none) need --model raw.onnx and are
+post-processed on the host with the graph's own anchors and thresholds. Image i of the sorted
+--image_file_pattern (readable images only, as spinenet image2bin numbers them) goes with NNNNN_output_<k>
+(ais_bench: NNNNN_<k>); --manifest (from spinenet image2bin) gives that mapping, the original
 sizes and the letterbox scales instead. Boxes are mapped back with ImageInfo row 2 (the scale), not row 1.
 """
 
@@ -37,6 +39,9 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--min_score_threshold", type=float, default=0.05, help="lowest score drawn (default 0.05)")
     p.add_argument("--use_normalized_coordinates", action="store_true",
                    help="boxes are [0, 1] fractions of the original image (the seed's flag)")
+    p.add_argument("--model", default=None,
+                   help="the exported .onnx the outputs came from: required for raw head maps (--postprocess none "
+                        "export), which are then post-processed here; tells BIN dtypes and shapes")
     p.add_argument("--no_progress", action="store_true", help="no progress bar, no COCO summary on stdout")
     p.add_argument("--allow_partial", action="store_true",
                    help="report on a run folder that spinenet infer did not finish (refused by default)")
@@ -51,6 +56,6 @@ def run_report(args: argparse.Namespace) -> int:
                           max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
                           use_normalized_coordinates=args.use_normalized_coordinates,
                           label_map_format=args.label_map_format, verbose=not args.no_progress,
-                          allow_partial=args.allow_partial)
+                          allow_partial=args.allow_partial, model=args.model)
     print(result.summary())
     return 0

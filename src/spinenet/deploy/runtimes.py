@@ -30,7 +30,8 @@ class OnnxRuntimeSession:
     returns the outputs by name, in the model's order.
     """
 
-    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None, *,
+                 profile_prefix: str | None = None):
         import onnxruntime as ort
 
         path = Path(path)
@@ -47,6 +48,8 @@ class OnnxRuntimeSession:
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        if profile_prefix is not None:  # msame's --profiler: ONNX Runtime's per-node trace (end_profiling writes it)
+            options.enable_profiling, options.profile_file_prefix = True, profile_prefix
         providers = [(provider, {"device_id": int(index or 0)})] if kind == "cuda" else [provider]
         self.path, self.device = path, device
         try:
