@@ -95,6 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Errors at the edges already name the file and the fix; a traceback would only bury that.
         print(f"spinenet {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C: every writer renames a complete temporary file into place (or removes it on the way out
+        # here), so there is nothing half-written to report; 130 = 128 + SIGINT, as a shell reports it.
+        print(f"spinenet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

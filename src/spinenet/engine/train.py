@@ -19,7 +19,8 @@ from torch import nn
 
 from spinenet.config import ExperimentConfig
 from spinenet.engine.checkpoint import load_state_dict_strict, make_checkpoint, read_checkpoint, save_checkpoint
-from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader
+from spinenet.engine.data import (DataPosition, build_eval_loader, build_train_loader, rng_isolated,
+                                  skipped_report)
 from spinenet.engine.distributed import DistInfo, init_distributed, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
 from spinenet.engine.schedule import build_schedule
@@ -215,8 +216,9 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
         summary = {"step": step, **parts, "learning_rate": lr}
         do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
         if do_eval:
-            metrics = run_evaluation(model, eval_loader, evaluator, device,
-                                     progress=opts.progress and dist_info.is_main)
+            with rng_isolated():  # evaluating or not must not change what training draws
+                metrics = run_evaluation(model, eval_loader, evaluator, device,
+                                         progress=opts.progress and dist_info.is_main)
             if writer is not None:
                 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
                     writer.add_scalar(f"eval/{k}", metrics[k], step)
@@ -225,10 +227,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     bar.close()
     if writer is not None:
         writer.close()
-    report = loader.dataset.report()
-    if loader.skipped_images:
-        report += (f"\n  {loader.skipped_images} unreadable image loads skipped during training on this rank "
-                   "(missing or corrupt files; each is named in a warning above)")
+    report = skipped_report(loader, eval_loader, model_dir if dist_info.is_main else None)
     summary.update(metrics={k: v for k, v in metrics.items() if k != "per_class_ap"},
                    checkpoint=str(_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
                    skipped=report, weights_digest=_weights_digest(detector, dist_info))
