@@ -182,3 +182,9 @@ def test_get_with_generator_is_reproducible(tmp_path):
     b = ds.get(0, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1]["image_info"], b[1]["image_info"])
+
+
+def test_annotation_file_with_utf8_bom_is_read(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": [], "annotations": [], "categories": []}).encode())
+    assert load_coco_json(path)["images"] == []

@@ -46,3 +46,18 @@ def test_evaluating_during_training_leaves_the_weights_bit_identical(tmp_path):
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert plain["weights_digest"] == evaluated["weights_digest"]
+
+
+def test_images_skipped_in_workers_are_named_in_the_summary_and_the_run_folder(tmp_path, caplog):
+    data = _data(tmp_path / "data", num_train=8, num_val=0)
+    (data / "train/000000000002.jpg").unlink()
+    (data / "train/000000000003.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    cfg = load_config(config_path("retinanet_spinenet49s"), [OVERRIDE, {"train": {"train_batch_size": 4}}])
+    # Two steps of four images read every image once (each batch keeps >= 2 usable images: BN needs 2).
+    summary = train(cfg, _opts(data, tmp_path / "run", max_steps=2, num_workers=1))
+    assert "2 image(s) skipped: 000000000002.jpg (missing_image), 000000000003.jpg (corrupt_image)" \
+        in summary["skipped"]
+    listed = json.loads((tmp_path / "run" / "skipped_images.json").read_text())
+    assert [(s["file_name"], s["reason"]) for s in listed["skipped_images"]] == [
+        ("000000000002.jpg", "missing_image"), ("000000000003.jpg", "corrupt_image")]
+    assert "000000000003.jpg" in listed["skipped_images"][1]["detail"]

@@ -35,7 +35,7 @@ def check_images_found(ann_file: str | os.PathLike, annotated: int, found: int, 
                          "folder (or pattern) of these annotations?")
     if found < annotated:
         return (f"only {found} of the {annotated} images listed in {ann_file} were found in {where}; "
-                f"the metrics cover those {found} only")
+                f"only those {found} are used")
     return None
 
 

@@ -19,8 +19,7 @@ from torch import nn
 
 from spinenet.config import ExperimentConfig
 from spinenet.engine.checkpoint import load_state_dict_strict, make_checkpoint, read_checkpoint, save_checkpoint
-from spinenet.engine.data import (DataPosition, build_eval_loader, build_train_loader, rng_isolated,
-                                  skipped_report)
+from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader, rng_isolated, skipped_report
 from spinenet.engine.distributed import DistInfo, init_distributed, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
 from spinenet.engine.schedule import build_schedule
