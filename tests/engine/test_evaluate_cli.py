@@ -137,3 +137,31 @@ def test_every_evaluate_option_has_help():
     evaluate_parser = sub.choices["evaluate"]
     lacking = [a.option_strings for a in evaluate_parser._actions if a.option_strings and not a.help]
     assert lacking == []
+
+
+def test_ctrl_c_during_evaluation_is_one_line_and_writes_nothing(setup, tmp_path):
+    """SIGINT once the progress bar shows the evaluation running (data workers alive): exit 130, one line."""
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "spinenet.cli", "evaluate", "--checkpoint", str(setup / "model.pt"),
+                             "--val_data", str(setup / "data/annotations/instances_val.json"), str(setup / "data/val"),
+                             "--output", str(out), "--device", "cpu", "--num_workers", "2", "--batch_size", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        seen, deadline = b"", time.monotonic() + 120
+        while b"evaluate:" not in seen:  # tqdm's bar on stderr: the first batch is being scored
+            assert time.monotonic() < deadline and proc.poll() is None, seen
+            seen += os.read(proc.stderr.fileno(), 256)
+        proc.send_signal(signal.SIGINT)
+        stdout, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = (seen + rest).decode()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and "%|" not in line]
+    assert lines == ["spinenet evaluate: interrupted"], err
+    assert b"AP" not in stdout
+    assert list(out.iterdir()) == []  # the folder checked writable before the work; no result, no temporary file
