@@ -128,18 +128,18 @@ class EvalLoader:
             yield batch
 
 
-def check_dataset(dataset: CocoDetection) -> None:
-    """Refuse a dataset with no image file found; warn (with the count) when some are missing."""
+def check_dataset(dataset: CocoDetection, dist_info: DistInfo) -> None:
+    """Refuse a dataset with no image file found; warn (with the count, once: rank 0) when some are missing."""
     message = check_images_found(dataset.ann_file, len(dataset), dataset.count_present(),
                                  f"image folder {dataset.image_dir}")
-    if message:
+    if message and dist_info.is_main:
         warn(message)
 
 
 def build_train_loader(cfg, data: tuple[str, str], micro_batch: int, anchors: torch.Tensor, dist_info: DistInfo,
                        seed: int, num_workers: int, position: DataPosition, pin_memory: bool) -> TrainLoader:
     dataset = CocoDetection.from_config(cfg, data[0], data[1], is_training=True)
-    check_dataset(dataset)  # with no image at all, every batch would be skipped, forever
+    check_dataset(dataset, dist_info)  # with no image at all, every batch would be skipped, forever
     sampler = ResumableBatchSampler(len(dataset), micro_batch, seed, dist_info.rank, dist_info.world_size,
                                     position.batches_consumed)
     p = cfg.retinanet_parser
@@ -155,7 +155,7 @@ def build_eval_loader(cfg, data: tuple[str, str], batch_size: int, dist_info: Di
                       pin_memory: bool = False) -> EvalLoader:
     """Each rank takes every world_size-th image (no padding, so no image is scored twice)."""
     dataset = CocoDetection.from_config(cfg, data[0], data[1], is_training=False)
-    check_dataset(dataset)
+    check_dataset(dataset, dist_info)
     shard = list(range(dist_info.rank, len(dataset), dist_info.world_size))
     subset = torch.utils.data.Subset(dataset, shard)
     # Its own generator: iterating a DataLoader draws its workers' base seed, which must not come from (and
