@@ -165,3 +165,23 @@ def test_ctrl_c_during_evaluation_is_one_line_and_writes_nothing(setup, tmp_path
     assert lines == ["spinenet evaluate: interrupted"], err
     assert b"AP" not in stdout
     assert list(out.iterdir()) == []  # the folder checked writable before the work; no result, no temporary file
+
+
+@pytest.mark.slow
+def test_two_rank_evaluation_names_the_images_each_rank_skipped(setup, tmp_path):
+    """Rank r reads images r, r + 2, ...: a missing image on one rank and a corrupt one on the other both reach
+    rank 0's report and metrics.json."""
+    images = tmp_path / "val"
+    shutil.copytree(setup / "data/val", images)
+    (images / "000000000002.jpg").unlink()  # index 1: rank 1
+    (images / "000000000003.jpg").write_bytes(b"not a jpeg")  # index 2: rank 0
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29547", "-m", "spinenet.cli", "evaluate",
+                        "--checkpoint", str(setup / "model.pt"), "--val_data",
+                        str(setup / "data/annotations/instances_val.json"), str(images),
+                        "--output", str(tmp_path / "o"), "--num_workers", "0", "--no_progress", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 image(s) skipped: 000000000002.jpg (missing_image), 000000000003.jpg (corrupt_image)" in r.stdout
+    metrics = json.loads((tmp_path / "o" / "metrics.json").read_text())
+    assert [s["file_name"] for s in metrics["skipped_images"]] == ["000000000002.jpg", "000000000003.jpg"]

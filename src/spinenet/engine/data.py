@@ -197,6 +197,9 @@ def write_skipped_images(dataset: CocoDetection, path: str | os.PathLike) -> Pat
 def skipped_report(train_loader: TrainLoader, eval_loader: EvalLoader | None, model_dir: Path | None) -> str:
     """The end-of-training data report: the training set's (and evaluation set's) skips, each file named with its
     reason wherever it was read; with ``model_dir``, also written to ``skipped_images[_eval].json`` there."""
+    gather_skipped(train_loader.dataset)
+    if eval_loader is not None:
+        gather_skipped(eval_loader.dataset)
     parts = [train_loader.dataset.report()]
     if train_loader.skipped_loads:
         parts.append(f"  ({train_loader.skipped_loads} failed image loads on this rank, counting each epoch)")
@@ -208,3 +211,15 @@ def skipped_report(train_loader: TrainLoader, eval_loader: EvalLoader | None, mo
             if path is not None:
                 parts.append(f"  skipped images listed in {path}")
     return "\n".join(parts)
+
+
+def gather_skipped(dataset: CocoDetection) -> list[dict[str, str]]:
+    """File the skipped images of every rank (each reads its own shard) into this rank's dataset; returns them
+    all. Every rank must call it (a collective under torch.distributed); without it, a no-op."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        from spinenet.data.coco import SkippedImage
+
+        parts: list = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(parts, dataset.skipped_images())
+        dataset.record_skipped([SkippedImage(s["file_name"], s["reason"], s["detail"]) for p in parts for s in p])
+    return dataset.skipped_images()

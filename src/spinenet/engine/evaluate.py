@@ -150,7 +150,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
     """
     from spinenet.data.checks import label_map_difference, warn
     from spinenet.engine.checkpoint import checkpoint_config, load_model
-    from spinenet.engine.data import build_eval_loader
+    from spinenet.engine.data import build_eval_loader, gather_skipped
     from spinenet.engine.distributed import init_distributed
     from spinenet.io_checks import ensure_writable_dir, write_text_atomic
 
@@ -167,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
     if difference and dist_info.is_main:
         warn(difference)
     metrics = run_evaluation(model, loader, evaluator, dist_info.device, progress=progress)
-    skipped = _gather_skipped(loader.dataset)
+    skipped = gather_skipped(loader.dataset)
     if dist_info.is_main:
         evaluator.write_results(out / "results.json")
         write_text_atomic(out / "metrics.json", json.dumps({**metrics, "skipped_images": skipped}, indent=1))
@@ -176,17 +176,6 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
             print(loader.dataset.report())
         print(f"COCO results: {out / 'results.json'}; metrics: {out / 'metrics.json'}")
     return metrics
-
-
-def _gather_skipped(dataset) -> list[dict]:
-    """The skipped images of every rank (each rank reads its own shard), filed into this rank's dataset too."""
-    from spinenet.data.coco import SkippedImage
-
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, dataset.skipped_images())
-        dataset.record_skipped([SkippedImage(s["file_name"], s["reason"], s["detail"]) for p in parts for s in p])
-    return dataset.skipped_images()
 
 
 def format_per_class(per_class: dict[str, float]) -> str:
