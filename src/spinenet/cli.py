@@ -91,12 +91,60 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous_hook = sys.unraisablehook
+    hook = _InterruptHook(previous_hook)
+    sys.unraisablehook = hook
     try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, NotImplementedError) as e:
-        # Errors at the edges already name the file and the fix; a traceback would only bury that.
-        print(f"spinenet {args.command}: error: {e}", file=sys.stderr)
-        return 1
+        try:
+            return int(args.func(args) or 0)
+        except (ValueError, FileNotFoundError, NotImplementedError) as e:
+            # Errors at the edges already name the file and the fix; a traceback would only bury that.
+            print(f"spinenet {args.command}: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            # From here on the interrupted command's objects are freed; finalisers of objects the interrupt left
+            # half-built (a DataLoader iterator whose workers never started) fail, and that is no news.
+            hook.quiet = True
+        # Ctrl-C: every writer renames a complete temporary file into place (or removed it on the way out here),
+        # so there is nothing half-written to report; 130 = 128 + SIGINT, as a shell reports it.
+        import gc
+
+        gc.collect()
+        start = ""
+        if "tqdm" in sys.modules:  # a progress bar left open ends (or clears) its line, so ours is a line of its own
+            for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+                bar.close()
+            start = "\r\033[K" if sys.stderr.isatty() else "\r"  # and one half-drawn by the interrupt is overdrawn
+        print(f"{start}spinenet {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.unraisablehook = previous_hook
+
+
+class _InterruptHook:
+    """A ``sys.unraisablehook`` that sends a lost Ctrl-C again, and is silent once the command was interrupted.
+
+    A SIGINT that arrives while Python runs an at-fork hook (DataLoader workers starting), a finaliser or a
+    callback raises KeyboardInterrupt where it can only be printed ("Exception ignored in ...") and the command
+    carries on. Sent again from a helper thread a moment later, it lands in the command's own code.
+    """
+
+    def __init__(self, previous):
+        self.previous, self.quiet = previous, False
+
+    def __call__(self, unraisable) -> None:
+        import os
+        import signal
+        import threading
+
+        if self.quiet:
+            return
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            timer = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+            timer.daemon = True
+            timer.start()
+            return
+        self.previous(unraisable)
 
 
 if __name__ == "__main__":

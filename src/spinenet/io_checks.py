@@ -14,26 +14,32 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+__all__ = ["NotWritableError", "atomic_write", "ensure_writable_dir", "write_text_atomic"]
+
+
+class NotWritableError(ValueError):
+    """An output folder that can't be created or written (a ValueError: the CLI prints it as one line)."""
+
 
 def ensure_writable_dir(path: str | os.PathLike, what: str) -> Path:
     """Make sure files can be created in folder ``path`` (created if missing); returns it as a Path.
 
-    ``what`` names the flag or role in the error (``"--output_dir"``). Raises ValueError with one line naming
+    ``what`` names the flag or role in the error (``"--output_dir"``). Raises NotWritableError with one line naming
     the folder, the reason and the fix. The check creates and removes a probe file rather than trusting
     ``os.access``: root passes ``os.access`` on a read-only mount, and ACLs or quotas can refuse what the mode
     bits allow.
     """
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {folder} is a file, not a folder; choose a folder")
+        raise NotWritableError(f"{what} {folder} is a file, not a folder; choose a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".spinenet-write-check.", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ValueError(f"{what} {folder}: cannot write there ({_reason(e)}); choose a writable folder or "
-                         "fix its permissions") from e
+        raise NotWritableError(f"cannot write to {what} {folder} ({_reason(e)}); choose a writable folder or "
+                               "fix its permissions") from e
     return folder
 
 
@@ -68,3 +74,9 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = Fal
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_write`: the usual permissions, and on any error or
+    interrupt the temporary file is removed and ``path`` untouched."""
+    return atomic_write(path, lambda f: f.write(text))

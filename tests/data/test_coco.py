@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from spinenet.config import default_config
-from spinenet.data.coco import CocoDetection, collate_detection, load_coco_json
+from spinenet.data.coco import CocoDetection, SkippedImage, collate_detection, load_coco_json
 from spinenet.data.synthetic import make_synthetic_dataset
 from spinenet.data.transforms import EvalTransform, TrainTransform
 
@@ -73,8 +73,10 @@ def test_training_mode_skips_and_counts(coco, caplog):
     assert target["image_id"] == 1 and target["orig_size"] == (32, 48) and target["is_crowd"].tolist() == [False]
 
     with caplog.at_level(logging.WARNING, logger="spinenet.data.coco"):
-        for name in ("missing.jpg", "corrupt.jpg", "wrong_size.jpg", "missing.jpg"):
-            assert ds[idx[name]] is None
+        for name, reason in (("missing.jpg", "missing_image"), ("corrupt.jpg", "corrupt_image"),
+                             ("wrong_size.jpg", "size_mismatch"), ("missing.jpg", "missing_image")):
+            skipped = ds[idx[name]]
+            assert isinstance(skipped, SkippedImage) and (skipped.file_name, skipped.reason) == (name, reason)
     assert sum("missing.jpg" in r.getMessage() for r in caplog.records) == 1  # warned once per file
 
     stats = ds.stats()
@@ -180,3 +182,9 @@ def test_get_with_generator_is_reproducible(tmp_path):
     b = ds.get(0, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1]["image_info"], b[1]["image_info"])
+
+
+def test_annotation_file_with_utf8_bom_is_read(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"images": [], "annotations": [], "categories": []}).encode())
+    assert load_coco_json(path)["images"] == []

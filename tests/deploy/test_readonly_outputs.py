@@ -90,7 +90,7 @@ def test_ensure_writable_dir_creates_folders_and_names_a_file(tmp_path):
     (tmp_path / "f").write_text("")
     with pytest.raises(ValueError, match=f"--output {tmp_path / 'f'} is a file"):
         ensure_writable_dir(tmp_path / "f", "--output")
-    with pytest.raises(ValueError, match="cannot write there .*a parent is a file"):
+    with pytest.raises(ValueError, match="cannot write to .*a parent is a file"):
         ensure_writable_dir(tmp_path / "f" / "sub", "--output")
 
 

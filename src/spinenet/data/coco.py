@@ -5,8 +5,11 @@ Annotations are filtered once, when the dataset is built, as the reference's TFR
 (no contiguous remapping); boxes with w or h <= 0, or reaching past the image, are dropped; boxes are stored
 normalised by the JSON's width/height. Crowd boxes are dropped in training (``skip_crowd_during_training``).
 Images that are missing, unreadable or of another size than the JSON says are skipped when first read:
-``__getitem__`` returns None, :func:`collate_detection` drops it, a warning is logged once per file, and
-:meth:`CocoDetection.stats` / :meth:`CocoDetection.report` say what was skipped and where.
+``__getitem__`` returns a :class:`SkippedImage` (file, reason, detail), :func:`collate_detection` drops it, a
+warning is logged once per file, and :meth:`CocoDetection.stats` / :meth:`CocoDetection.report` say what was
+skipped and where. In DataLoader workers the skips happen in the workers' copies of the dataset, so the record
+travels with the batch and the main process files it with :meth:`CocoDetection.record_skipped`: the final
+report then names every skipped file, whichever process read it.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from spinenet.data.transforms import EvalTransform, TrainTransform
 if TYPE_CHECKING:
     from spinenet.config import ExperimentConfig
 
-__all__ = ["CocoDetection", "collate_detection", "load_coco_json"]
+__all__ = ["CocoDetection", "SkippedImage", "collate_detection", "load_coco_json", "skipped_in"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +53,17 @@ SKIP_REASONS = {
     "corrupt_image": "image file could not be decoded",
     "size_mismatch": "decoded image size differs from the JSON's width/height",
 }
+
+
+@dataclass(frozen=True)
+class SkippedImage:
+    """An item that could not be used: what a worker sends back instead of ``(image, target)``."""
+
+    file_name: str
+    reason: str  # a key of SKIP_REASONS
+    detail: str
+
+
 # Not a skip: the image was used, but in its stored orientation, because that is what the JSON describes.
 _EXIF_IGNORED = "exif_ignored"
 
@@ -60,9 +74,14 @@ def load_coco_json(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {path} not found")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON file ({e})") from e
+        # utf-8-sig: a UTF-8 byte-order mark (some Windows editors write one) is accepted, not an error.
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not a valid JSON file, truncated or damaged ({e}); re-export or re-download "
+                         "it") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not a valid JSON file: not UTF-8 text ({e.reason} at byte {e.start}); "
+                         "JSON must be UTF-8") from e
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a COCO instances object with keys {list(_REQUIRED)}, "
                          f"got a JSON {type(doc).__name__}")
@@ -177,15 +196,17 @@ class CocoDetection(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | None:
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]] | SkippedImage:
         return self.get(index)
 
-    def get(self, index: int, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Any]] | None:
-        """Item ``index`` with the training augmentation drawn from ``generator`` (default: torch's global RNG)."""
+    def get(self, index: int, generator: torch.Generator | None = None
+            ) -> tuple[Tensor, dict[str, Any]] | SkippedImage:
+        """Item ``index`` with the training augmentation drawn from ``generator`` (default: torch's global RNG),
+        or a :class:`SkippedImage` saying why the image could not be used."""
         rec = self.records[index]
         pixels = self._read_image(rec)
-        if pixels is None:
-            return None
+        if isinstance(pixels, SkippedImage):
+            return pixels
         out = self.transform(torch.from_numpy(pixels), torch.from_numpy(rec.boxes), torch.from_numpy(rec.classes),
                              generator=generator)
         target = {"boxes": out.boxes, "classes": out.classes, "is_crowd": torch.from_numpy(rec.is_crowd)[out.keep],
@@ -193,8 +214,8 @@ class CocoDetection(Dataset):
                   "file_name": rec.file_name}
         return out.image, target
 
-    def _read_image(self, rec: _Record) -> np.ndarray | None:
-        """(H, W, 3) uint8 RGB, EXIF orientation applied; None (recorded and logged) if unusable."""
+    def _read_image(self, rec: _Record) -> np.ndarray | SkippedImage:
+        """(H, W, 3) uint8 RGB, EXIF orientation applied; a SkippedImage (recorded and logged) if unusable."""
         path = self.image_dir / rec.file_name
         if not path.is_file():
             return self._image_skipped("missing_image", rec, str(path))
@@ -218,11 +239,27 @@ class CocoDetection(Dataset):
         except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files; one bad file must not end a run
             return self._image_skipped("corrupt_image", rec, f"{path}: {type(e).__name__}: {e}")
 
-    def _image_skipped(self, reason: str, rec: _Record, detail: str) -> None:
+    def _image_skipped(self, reason: str, rec: _Record, detail: str) -> SkippedImage:
         if rec.file_name not in self._skips[reason]:
             logger.warning("skipping image %s (%s): %s", rec.file_name, SKIP_REASONS[reason], detail)
         self._skips[reason][rec.file_name] = detail
-        return None
+        return SkippedImage(rec.file_name, reason, detail)
+
+    def record_skipped(self, skipped: Sequence[SkippedImage]) -> None:
+        """File skips found in another process (a DataLoader worker's copy), so that :meth:`stats` and
+        :meth:`report` name them; a file skipped again (another epoch, another worker) counts once."""
+        for s in skipped:
+            self._skips.setdefault(s.reason, {})[s.file_name] = s.detail
+
+    def skipped_images(self) -> list[dict[str, str]]:
+        """Every image left out so far: ``{"file_name", "reason", "detail"}``, in file-name order."""
+        image_reasons = ("missing_image", "corrupt_image", "size_mismatch")
+        return sorted(({"file_name": f, "reason": r, "detail": d} for r in image_reasons
+                       for f, d in self._skips[r].items()), key=lambda s: (s["file_name"], s["reason"]))
+
+    def count_present(self) -> int:
+        """How many of the listed images exist as files in the image folder (a stat each, no decoding)."""
+        return sum((self.image_dir / rec.file_name).is_file() for rec in self.records)
 
     def validate(self) -> dict[str, Any]:
         """Decode every image once (slow on a large set) so :meth:`stats` covers them all; returns stats()."""
@@ -249,6 +286,10 @@ class CocoDetection(Dataset):
         s = self.stats()
         lines = [f"{self.ann_file}: {s['images']} images, {s['annotations_kept']} of {s['annotations']} "
                  f"annotations kept"]
+        images = self.skipped_images()
+        if images:
+            shown = ", ".join(f"{i['file_name']} ({i['reason']})" for i in images[:max_lines])
+            lines.append(f"  {len(images)} image(s) skipped: {shown}" + (" ..." if len(images) > max_lines else ""))
         for reason, details in s["details"].items():
             what = SKIP_REASONS.get(reason, "image used without EXIF rotation (JSON matches the stored pixels)")
             lines.append(f"  {len(details)} x {reason}: {what}")
@@ -278,13 +319,19 @@ def _box_problem(bbox: Sequence[float], width: float, height: float) -> str | No
     return None
 
 
-def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]] | None]
+def skipped_in(batch: Sequence[Any]) -> list[SkippedImage]:
+    """The skip records of a batch (to send back from the workers beside the collated batch)."""
+    return [b for b in batch if isinstance(b, SkippedImage)]
+
+
+def collate_detection(batch: Sequence[tuple[Tensor, dict[str, Any]] | SkippedImage | None]
                       ) -> tuple[Tensor, list[dict[str, Any]], Tensor] | None:
-    """Stack a batch, dropping skipped (None) items: images (B, 3, Hp, Wp), targets, image_info (B, 4, 2).
+    """Stack a batch, dropping skipped items (SkippedImage or None): images (B, 3, Hp, Wp), targets,
+    image_info (B, 4, 2).
 
     Returns None when every item was skipped; the training loop should move on to the next batch.
     """
-    items = [b for b in batch if b is not None]
+    items = [b for b in batch if b is not None and not isinstance(b, SkippedImage)]
     if not items:
         return None
     images = torch.stack([im for im, _ in items])

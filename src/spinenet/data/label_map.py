@@ -26,8 +26,14 @@ def parse_label_map(text: str, source: str = "<label map>") -> dict[int, str]:
 
 
 def read_label_map(path: str | os.PathLike) -> dict[int, str]:
-    with open(path, encoding="utf-8") as f:
-        return parse_label_map(f.read(), str(path))
+    """Read a UTF-8 label map (a leading byte-order mark, as Windows editors write, is accepted)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); the label "
+                         "map must be UTF-8: re-save it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from e
+    return parse_label_map(text, str(path))
 
 
 def coco_label_map() -> dict[int, str]:

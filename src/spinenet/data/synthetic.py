@@ -6,6 +6,9 @@ vertices, so its pixels and its geometry agree exactly: the COCO box is the tigh
 A placement is rejected (and redrawn elsewhere) if it would hide more than half of an earlier object or one
 of its extreme pixels, or if the shape is cut by the image border in a way that leaves its clipped geometric
 box loose. Output is a pure function of the arguments: the same seed gives byte-identical files.
+
+The dataset is written into a hidden temporary folder inside the output folder and moved into place when
+complete, so an interrupted or failed run leaves no partial dataset (and, with ``overwrite``, the old one intact).
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
+
+from spinenet.io_checks import ensure_writable_dir
 
 __all__ = ["ODD_SIZES", "SHAPE_CLASSES", "OutputNotEmptyError", "SynthObject", "SyntheticDataset",
            "make_synthetic_dataset", "render_image", "synthesize_image"]
@@ -31,6 +37,7 @@ _SPLIT_CODE = {"train": 0, "val": 1}
 _MIN_OBJECT_PX = 6  # smaller shapes are unreadable blobs, whatever the class
 _MIN_VISIBLE = 0.5  # an object must keep at least half of its pixels when later objects cover it
 _MIN_COLOUR_DIST = 90.0  # RGB distance between an object and its background's mean colour
+_PARTIAL_PREFIX = ".synth-partial-"  # the temporary folder a run writes into before moving its files in place
 
 
 @dataclass
@@ -232,20 +239,31 @@ class OutputNotEmptyError(FileExistsError, ValueError):
     """The output folder holds files or is a file (a ValueError too, so the CLI reports it as a one-line error)."""
 
 
-def _prepare_output(root: Path, overwrite: bool) -> None:
+def _prepare_output(root: Path, overwrite: bool) -> bool:
+    """Check the output folder (before any work) and create it; returns whether it was created."""
     if root.exists() and not root.is_dir():
         raise OutputNotEmptyError(f"output {root} exists and is not a folder; choose a new or empty folder")
-    if root.is_dir() and any(root.iterdir()):
-        if not overwrite:
-            raise OutputNotEmptyError(f"output folder {root} is not empty; choose an empty or new folder, "
-                                      "or pass overwrite=True (--overwrite) to replace the dataset files in it")
-        # Replace only what this function writes; anything else the user keeps there stays.
-        for split in _SPLIT_CODE:
+    if root.is_dir() and any(not p.name.startswith(_PARTIAL_PREFIX) for p in root.iterdir()) and not overwrite:
+        raise OutputNotEmptyError(f"output folder {root} is not empty; choose an empty or new folder, "
+                                  "or pass overwrite=True (--overwrite) to replace the dataset files in it")
+    created = not root.exists()
+    ensure_writable_dir(root, "synth output folder")
+    return created
+
+
+def _install(staging: Path, root: Path) -> None:
+    """Move the finished dataset from ``staging`` into ``root``, replacing only what this module writes there
+    (anything else the user keeps in the folder, e.g. in annotations/, stays)."""
+    for split in _SPLIT_CODE:
+        if (staging / split).is_dir():
             if (root / split).is_dir():
                 shutil.rmtree(root / split)
-            (root / "annotations" / f"instances_{split}.json").unlink(missing_ok=True)
-        (root / "labels.csv").unlink(missing_ok=True)
-    root.mkdir(parents=True, exist_ok=True)
+            os.replace(staging / split, root / split)
+        (root / "annotations" / f"instances_{split}.json").unlink(missing_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    for ann in (staging / "annotations").iterdir():
+        os.replace(ann, root / "annotations" / ann.name)
+    os.replace(staging / "labels.csv", root / "labels.csv")
 
 
 def make_synthetic_dataset(output_dir: str | os.PathLike, num_train: int, num_val: int, image_size: int = 640,
@@ -265,12 +283,29 @@ def make_synthetic_dataset(output_dir: str | os.PathLike, num_train: int, num_va
     if not 0 < size_range[0] <= size_range[1] <= 1:
         raise ValueError(f"size_range must satisfy 0 < min <= max <= 1, got {size_range}")
     root = Path(output_dir)
-    _prepare_output(root, overwrite)
+    created = _prepare_output(root, overwrite)
+    staging = Path(tempfile.mkdtemp(prefix=_PARTIAL_PREFIX, dir=root))
+    try:
+        result = _write_dataset(staging, root, num_train, num_val, image_size, seed, max_objects=max_objects,
+                                size_range=size_range, odd_size_fraction=odd_size_fraction,
+                                jpeg_quality=jpeg_quality, progress=progress)
+        _install(staging, root)
+    finally:  # on success only the empty staging folder is left; on an error or Ctrl-C, the partial dataset
+        shutil.rmtree(staging, ignore_errors=True)
+        if created and root.is_dir() and not any(root.iterdir()):
+            root.rmdir()
+    return result
+
+
+def _write_dataset(staging: Path, root: Path, num_train: int, num_val: int, image_size: int, seed: int, *,
+                   max_objects: int, size_range: tuple[float, float], odd_size_fraction: float, jpeg_quality: int,
+                   progress: bool) -> SyntheticDataset:
+    """Write the dataset's files under ``staging``; the result names them where :func:`_install` puts them."""
     categories = [{"id": cid, "name": name, "supercategory": "shape"} for cid, name in SHAPE_CLASSES.items()]
     result = SyntheticDataset(root=root, label_map_file=root / "labels.csv")
     bar = tqdm(total=num_train + num_val, desc="synth", unit="img", disable=not progress)
     for split, count in (("train", num_train), ("val", num_val)):
-        image_dir = root / split
+        image_dir = staging / split
         image_dir.mkdir(parents=True, exist_ok=True)
         images, annotations = [], []
         for i in range(count):
@@ -287,15 +322,15 @@ def make_synthetic_dataset(output_dir: str | os.PathLike, num_train: int, num_va
                                     "category_id": obj.category_id, "bbox": obj.bbox, "area": obj.area,
                                     "iscrowd": 0})
             bar.update(1)
-        ann_file = root / "annotations" / f"instances_{split}.json"
+        ann_file = staging / "annotations" / f"instances_{split}.json"
         ann_file.parent.mkdir(parents=True, exist_ok=True)
         doc = {"info": {"description": "spinenet synthetic shapes", "version": "1", "seed": seed,
                         "image_size": image_size},
                "licenses": [], "images": images, "annotations": annotations, "categories": categories}
         ann_file.write_text(json.dumps(doc, separators=(",", ":")), encoding="utf-8")
-        result.splits[split] = {"images": len(images), "annotations": len(annotations), "ann_file": ann_file,
-                                "image_dir": image_dir}
+        result.splits[split] = {"images": len(images), "annotations": len(annotations),
+                                "ann_file": root / ann_file.relative_to(staging), "image_dir": root / split}
     bar.close()
     # The reference's label-map format (spec §8): one `id:name` per line, no header.
-    result.label_map_file.write_text("".join(f"{c}:{n}\n" for c, n in SHAPE_CLASSES.items()), encoding="utf-8")
+    (staging / "labels.csv").write_text("".join(f"{c}:{n}\n" for c, n in SHAPE_CLASSES.items()), encoding="utf-8")
     return result

@@ -328,10 +328,14 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                           notes=[*outputs_in.notes, *([partial_note] if partial_note else [])])
     evaluator, ids_by_name = None, {}
     if annotations:
+        from spinenet.data.checks import check_by_file_name
         from spinenet.engine.evaluate import CocoEvaluator
 
-        evaluator = CocoEvaluator(annotations)
+        evaluator = CocoEvaluator(annotations)  # checked by spinenet.data.coco.load_coco_json: one-line errors
         ids_by_name = {os.path.basename(img["file_name"]): img["id"] for img in evaluator.coco_gt.dataset["images"]}
+        result.notes += check_by_file_name(annotations, evaluator.coco_gt.dataset, {e.source.name for e in entries},
+                                           label_map, f"--label_map_file {label_map_file}",
+                                           f"--manifest {manifest}" if manifest else repr(image_file_pattern))
     options = _DrawOptions(label_map, max_boxes_to_draw, min_score_threshold, use_normalized_coordinates)
     scored: list[tuple[int, dict[str, np.ndarray], np.ndarray]] = []  # (image id, outputs, ImageInfo for eval)
     used: set[str] = set()

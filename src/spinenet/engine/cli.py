@@ -114,13 +114,19 @@ def add_evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="COCO mAP of a checkpoint on COCO-format data",
                        description="Evaluate a spinenet checkpoint: the COCO 12-number summary, per-class AP, and a "
                                    "COCO results JSON on disk.")
-    p.add_argument("--checkpoint", "--checkpointpath", dest="checkpoint", required=True)
-    p.add_argument("--val_data", nargs=2, required=True, metavar=("ANNOTATIONS", "IMAGES"))
-    p.add_argument("--output", default=None, help="results folder (default: next to the checkpoint)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--no_progress", action="store_true")
+    p.add_argument("--checkpoint", "--checkpointpath", dest="checkpoint", required=True,
+                   help="spinenet checkpoint (.pt) from `spinenet train` or `spinenet convert`")
+    p.add_argument("--val_data", nargs=2, required=True, metavar=("ANNOTATIONS", "IMAGES"),
+                   help="COCO instances JSON and the folder of its images (file_name is relative to it); no "
+                        "image found is an error, some missing a warning with the count")
+    p.add_argument("--output", default=None,
+                   help="folder for results.json and metrics.json, checked writable before evaluating "
+                        "(default: eval_<checkpoint name> next to the checkpoint)")
+    p.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: 8)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--num_workers", type=int, default=2,
+                   help="data-loading worker processes; 0 reads images in the main process (default: 2)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar and no COCO summary table")
     p.set_defaults(func=run_evaluate)
 
 

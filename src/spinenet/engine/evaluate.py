@@ -47,10 +47,21 @@ class CocoEvaluator:
     def __init__(self, annotation_file: str | os.PathLike):
         from pycocotools.coco import COCO
 
+        from spinenet.data.coco import load_coco_json
+
         self.annotation_file = Path(annotation_file)
-        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "loading annotations..."
-            self.coco_gt = COCO(str(self.annotation_file))
+        # Checked first (missing keys, a truncated file: one line naming the file), then indexed as pycocotools
+        # would have read it.
+        doc = load_coco_json(self.annotation_file)
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints "creating index..."
+            self.coco_gt = COCO()
+            self.coco_gt.dataset = doc
+            self.coco_gt.createIndex()
         self.reset()
+
+    def label_map(self) -> dict[int, str]:
+        """Category id -> name of the ground truth."""
+        return {int(c["id"]): str(c["name"]) for c in self.coco_gt.dataset["categories"]}
 
     def reset(self) -> None:
         self.results: list[dict] = []
@@ -70,12 +81,11 @@ class CocoEvaluator:
         self.image_ids = {i for _, ids in parts for i in ids}
 
     def write_results(self, path: str | os.PathLike) -> Path:
+        from spinenet.io_checks import write_text_atomic
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.results))
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(self.results))
 
     def evaluate(self, verbose: bool = True) -> dict:
         """The 12-number summary (AP, AP50, …, ARl) and per-class AP, over the images processed."""
@@ -131,23 +141,36 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator: CocoEvaluator, dev
 def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str], *, output: str | None = None,
                         batch_size: int = 8, device: str | None = "auto", num_workers: int = 2,
                         progress: bool = True) -> dict:
-    """``spinenet evaluate``: COCO metrics of a checkpoint; writes ``results.json`` and ``metrics.json``."""
+    """``spinenet evaluate``: COCO metrics of a checkpoint; writes ``results.json`` and ``metrics.json``.
+
+    Checked before the work: the output folder is writable, the annotations are well-formed and some of their
+    images exist (none: an error; some: a warning with the count), and the checkpoint's label map matches the
+    annotations' categories (a warning showing both when not). Images skipped while reading (in any worker) are
+    named in the printed report and listed under ``skipped_images`` in ``metrics.json``.
+    """
+    from spinenet.data.checks import label_map_difference, warn
     from spinenet.engine.checkpoint import checkpoint_config, load_model
-    from spinenet.engine.data import build_eval_loader
+    from spinenet.engine.data import build_eval_loader, gather_skipped
     from spinenet.engine.distributed import init_distributed
+    from spinenet.io_checks import ensure_writable_dir, write_text_atomic
 
     dist_info = init_distributed(device)
+    out = Path(output) if output else Path(checkpoint).with_suffix("").parent / f"eval_{Path(checkpoint).stem}"
+    if dist_info.is_main:
+        ensure_writable_dir(out, "evaluation output folder")
     model, ckpt = load_model(checkpoint, map_location=dist_info.device)
     cfg = checkpoint_config(ckpt, str(checkpoint))
-    loader = build_eval_loader(cfg, val_data, batch_size, dist_info, num_workers)
     evaluator = CocoEvaluator(val_data[0])
+    loader = build_eval_loader(cfg, val_data, batch_size, dist_info, num_workers)
+    difference = label_map_difference({int(k): v for k, v in ckpt.get("label_map", {}).items()},
+                                      evaluator.label_map(), f"checkpoint {checkpoint}", f"{val_data[0]}")
+    if difference and dist_info.is_main:
+        warn(difference)
     metrics = run_evaluation(model, loader, evaluator, dist_info.device, progress=progress)
+    skipped = gather_skipped(loader.dataset)
     if dist_info.is_main:
-        out = Path(output) if output else Path(checkpoint).with_suffix("").parent / f"eval_{Path(checkpoint).stem}"
         evaluator.write_results(out / "results.json")
-        tmp = out / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1))
-        os.replace(tmp, out / "metrics.json")
+        write_text_atomic(out / "metrics.json", json.dumps({**metrics, "skipped_images": skipped}, indent=1))
         print(format_per_class(metrics["per_class_ap"]))
         if any(loader.dataset.stats()["skipped"].values()):
             print(loader.dataset.report())

@@ -27,7 +27,7 @@ from spinenet.engine.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader
+from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader, rng_isolated, skipped_report
 from spinenet.engine.distributed import DistInfo, init_distributed, on_main, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
 from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
@@ -226,8 +226,9 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
         summary = {"step": step, **parts, "learning_rate": lr}
         do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
         if do_eval:
-            metrics = run_evaluation(model, eval_loader, evaluator, device,
-                                     progress=opts.progress and dist_info.is_main)
+            with rng_isolated():  # evaluating or not must not change what training draws
+                metrics = run_evaluation(model, eval_loader, evaluator, device,
+                                         progress=opts.progress and dist_info.is_main)
             _log_scalars(writer, log, step, {f"eval/{k}": metrics[k] for k in EVAL_SCALARS})
         if do_eval or step == last_step or step % opts.checkpoint_every == 0:
             save(metrics=metrics if do_eval else None)
@@ -236,10 +237,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
         writer.close()
     if log is not None:
         log.close()
-    report = loader.dataset.report()
-    if loader.skipped_images:
-        report += (f"\n  {loader.skipped_images} unreadable image loads skipped during training on this rank "
-                   "(missing or corrupt files; each is named in a warning above)")
+    report = skipped_report(loader, eval_loader, model_dir if dist_info.is_main else None)
     summary.update(metrics={k: v for k, v in metrics.items() if k != "per_class_ap"},
                    checkpoint=str(list_checkpoints(model_dir)[-1]) if dist_info.is_main else None,
                    skipped=report, weights_digest=_weights_digest(detector, dist_info))
