@@ -69,5 +69,5 @@ def test_read_only_output_folder_is_refused_before_the_work(tmp_path):
         err = r.stderr.strip()
         assert len(err.splitlines()) == 1, err
         assert err.startswith(f"spinenet synth: error: cannot write to synth output folder {output}"), err
-        assert "Permission denied" in err
+        assert "permission denied" in err
     assert list(parent.iterdir()) == []
