@@ -56,7 +56,8 @@ def add_export_parser(sub) -> None:
     p.add_argument("--pre_nms_topk", type=int, default=None,
                    help="candidate window of the static NMS (default 2000; see spinenet.deploy.postprocess_export)")
     p.add_argument("--conv_algorithm", default=None, choices=["winograd", "direct"],
-                   help="default: the --target's (onnxruntime: winograd, ascend: direct). winograd: 3x3 convolutions on maps of 20x20 and more (the head's, and the "
+                   help="default: the --target's (onnxruntime: winograd, ascend: direct). winograd: 3x3 "
+                        "convolutions on maps of 20x20 and more (the head's, and the "
                         "backbone's of 80 channels and more) as Winograd F(4x4,3x3), the fastest on CPUs (ONNX "
                         "Runtime, OpenVINO; raw maps within ~1e-4 of each map's range); direct: every convolution "
                         "a plain Conv, for compilers with their own convolution engines (ATC for Ascend, TensorRT). "
@@ -113,7 +114,6 @@ def run_export(args: argparse.Namespace) -> int:
 
     from spinenet.deploy.export import export_onnx
     from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK
-
     from spinenet.deploy.targets import export_profile
 
     profile = export_profile(args.target, args.cann)  # bad --target/--cann combinations fail before the model loads
