@@ -212,3 +212,11 @@ def test_cli_rejects_cann_without_ascend(tmp_path, capsys):
     assert main(["export", f"--checkpointpath={CKPT}", f"--output={tmp_path}", "--cann", "8"]) != 0
     assert "--cann applies to --target ascend only" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_raw_maps_for_ascend_are_on_the_list(tmp_path, small_model):
+    """The host post-processing route: ``--target ascend --postprocess none``, the ten maps, listed operators."""
+    proto = onnx.load(export_onnx(small_model, tmp_path / "raw.onnx", image_size=(128, 128), target="ascend",
+                                  postprocess="none"))
+    assert unlisted_nodes(proto.graph, atc_operator_list("5")) == []
+    assert len(proto.graph.output) == 10 and "Conv" in all_op_types(proto.graph)
