@@ -100,7 +100,7 @@ def measure_rounds(work: Path) -> dict:
     from spinenet.data.synthetic import make_synthetic_dataset
     from spinenet.deploy.export import ExportWrapper
     from spinenet.deploy.image2bin import image2bin
-    from spinenet.deploy.nms_unrolled import DEFAULT_NMS_ROUNDS
+    from spinenet.deploy.nms_unrolled import DEFAULT_NMS_ROUNDS, greedy_rounds_needed
     from spinenet.engine.checkpoint import load_model
 
     data = work / "data"
@@ -109,28 +109,32 @@ def measure_rounds(work: Path) -> dict:
     size = HELD_OUT["image_size"]
     image2bin(str(data / "val" / "*.jpg"), work / "bins", size, progress=False, overwrite=True)
 
-    captured = []
+    rounds: list[tuple[list[int], list[int]]] = []  # (outputs decided, all decided) per image
+    max_total = [0]
     original = pe._greedy_keep
 
-    def capture(valid, suppress):
-        captured.append((valid, suppress))
+    def capture(valid, suppress):  # measured on the spot: the (k, k) matrices are 16 MB each
+        outputs, every = greedy_rounds_needed(valid, suppress, max_total[0])
+        rounds.append((outputs.tolist(), every.tolist()))
         return original(valid, suppress)
 
     pe._greedy_keep = capture
     try:
         model, _ = load_model(CKPT)
+        max_total[0] = model.params.postprocess.max_total_size
         wrapper = ExportWrapper(model, image_size=(size, size)).eval()
         with torch.no_grad():
             for path in sorted((work / "bins").glob("*.bin")):
                 wrapper(torch.from_numpy(np.fromfile(path, np.uint8).reshape(1, size, size, 3)))
-        synthetic = _rounds(captured, model.params.postprocess.max_total_size)
-        captured.clear()
+        synthetic = _summary(rounds)
+        rounds.clear()
         tiny, meta = _tiny_model()
+        max_total[0] = tiny.params.postprocess.max_total_size
         ref = dict(np.load(TINY / "reference.npz"))
         wrapper = ExportWrapper(tiny, batch_size=2, image_size=(meta["image_size"],) * 2).eval()
         with torch.no_grad():
             wrapper(torch.from_numpy(ref["images_uint8"]))
-        fixture = _rounds(captured, tiny.params.postprocess.max_total_size)
+        fixture = _summary(rounds)
     finally:
         pe._greedy_keep = original
     for label, r in (("200 held-out synthetic images", synthetic), ("TF1 fixture, 2 images", fixture)):
@@ -140,16 +144,11 @@ def measure_rounds(work: Path) -> dict:
     return {"synthetic": synthetic, "tf1_fixture": fixture, "default_nms_rounds": DEFAULT_NMS_ROUNDS}
 
 
-def _rounds(captured, max_total_size: int) -> dict:
+def _summary(rounds: list[tuple[list[int], list[int]]]) -> dict:
     import numpy as np
 
-    from spinenet.deploy.nms_unrolled import greedy_rounds_needed
-
-    outputs, every = [], []
-    for valid, suppress in captured:
-        o, a = greedy_rounds_needed(valid, suppress, max_total_size)
-        outputs += o.tolist()
-        every += a.tolist()
+    outputs = [r for o, _ in rounds for r in o]
+    every = [r for _, a in rounds for r in a]
     return {"images": len(outputs), "outputs_max": max(outputs), "outputs_median": float(np.median(outputs)),
             "all_max": max(every), "all_median": float(np.median(every)),
             "outputs_histogram": dict(sorted(collections.Counter(outputs).items())),

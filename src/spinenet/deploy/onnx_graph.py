@@ -171,7 +171,8 @@ def check_exported_model(proto: onnx.ModelProto, opset: int | None = None, opera
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     bad_ops = sorted(set(all_op_types(inferred.graph)) & set(FORBIDDEN_OPS))
     if bad_ops:
-        raise ValueError(f"the graph contains {', '.join(bad_ops)}: data-dependent shapes that ATC can't take")
+        raise ValueError(f"the graph contains {', '.join(bad_ops)}, whose output shapes depend on the data "
+                         "(the exported graphs are static)")
     dynamic = [f"{v.name} {dims(v)}" for v in _all_value_infos(inferred.graph) if not is_static(v)]
     if dynamic:
         raise ValueError(f"{len(dynamic)} tensors have no static shape, e.g. {'; '.join(dynamic[:5])}")
