@@ -5,15 +5,15 @@ each decision is greedy NMS's): i is *dropped* once a kept j suppresses it, *kep
 and no undecided j could. Every decision is final and right, so after any number of rounds the kept set is a
 subset of greedy's and the dropped set a subset of greedy's dropped set; only undecided candidates are unknown.
 
-Exactness. Candidate i is decided in round ``1 + max(round of j : j could suppress i)``: the rounds needed are
-the length of the longest chain of valid, same-class, overlapping candidates (j1 could suppress j2 could
-suppress j3 ...), at most k. No bound below k holds for every input (greedy NMS is inherently sequential), so
-the round count is a measured bound with margin (:data:`DEFAULT_NMS_ROUNDS`, figures in benchmarks/RESULTS.md),
-and the outputs never hold a wrong detection when it is too small: the detections are the kept candidates
-*before the first undecided one* (:func:`greedy_keep_unrolled`), which is greedy's own list cut short. The
-outputs are exactly the reference's whenever at least ``max_total_size`` candidates are kept before the first
-undecided one, or none is left undecided; otherwise ``NumDetections`` is smaller than the reference's (never a
-different box). :func:`greedy_rounds_needed` measures both round counts on real data (host side, eager).
+Exactness. Candidate i is decided by round ``1 + max(round of j : j could suppress i)`` at the latest: the rounds
+needed are at most the length of the longest chain of valid, same-class, overlapping candidates (j1 could suppress
+j2, which could suppress j3 ...), at most k. No bound below k holds for every input (greedy NMS is inherently
+sequential), so the round count is a measured bound with margin (:data:`DEFAULT_NMS_ROUNDS`, figures in
+benchmarks/RESULTS.md), and the outputs never hold a wrong detection when it is too small: the detections are the
+kept candidates *before the first undecided one* (:func:`greedy_keep_unrolled`), which is greedy's own list cut
+short. The outputs are exactly the reference's whenever at least ``max_total_size`` candidates are kept before the
+first undecided one, or none is left undecided; otherwise ``NumDetections`` is smaller than the reference's (never
+a different box). :func:`greedy_rounds_needed` measures both round counts on real data (host side, eager).
 
 Each round is two products, (B, 1, k) @ (B, k, k), of 0/1 values, compared with zero. Unlike the one-product
 round of the ``Loop`` version (counts weighted by 4096, sums up to 2^23), this stays exact when ATC compiles
@@ -26,9 +26,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-# Measured (benchmarks/RESULTS.md, 2026-12-05): at most 7 rounds decide the outputs of the 200 held-out
-# synthetic images and the TF1 fixture; 16 gives more than 2x margin for a few hundred extra graph nodes.
-DEFAULT_NMS_ROUNDS = 16
+# Measured (benchmarks/ascend_export.py, benchmarks/RESULTS.md 2026-12-05): the outputs of the 200 held-out synthetic
+# images are decided after at most 8 rounds (every candidate after 9), the TF1 fixture's after 3 (7). 32 leaves a
+# 4x margin for crowded real images, for ~300 graph nodes more than 16 would and 63 small MatMuls on the NPU.
+DEFAULT_NMS_ROUNDS = 32
 
 
 def greedy_keep_unrolled(valid: Tensor, suppress: Tensor, rounds: int) -> Tensor:
