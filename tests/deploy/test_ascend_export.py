@@ -220,3 +220,40 @@ def test_raw_maps_for_ascend_are_on_the_list(tmp_path, small_model):
                                   postprocess="none"))
     assert unlisted_nodes(proto.graph, atc_operator_list("5")) == []
     assert len(proto.graph.output) == 10 and "Conv" in all_op_types(proto.graph)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unrolled_detections_equal_the_loop_form(seed):
+    """generate_detections_export with the Ascend options (unrolled rounds, float32 sort keys) against its Loop
+    form and the eager reference, on random maps with clustered high scores (real NMS work)."""
+    from spinenet.deploy.postprocess_export import generate_detections_export
+    from spinenet.modeling.anchors import Anchors
+
+    g = torch.Generator().manual_seed(seed)
+    size, classes = 128, 5
+    cls, box = {}, {}
+    for level in range(3, 8):
+        s = size // 2**level
+        logits = torch.randn(2, 9, classes, s, s, generator=g) * 1.5 - 4.5
+        if s >= 4:
+            logits[:, :, 1, : s // 2, : s // 2] += 5.0  # a cluster of overlapping same-class candidates
+        cls[level] = torch.sigmoid(logits.reshape(2, 9 * classes, s, s))
+        box[level] = torch.randn(2, 36, s, s, generator=g) * 0.3
+    from spinenet.modeling.postprocess import PostprocessParams
+
+    params = PostprocessParams(apply_sigmoid=False)
+    anchors = Anchors((size, size), 3, 7, 3, (1.0, 2.0, 0.5), 3.0).boxes
+    info = default_image_info(2, size, size)
+    ref = generate_detections(cls, box, anchors, info, params)
+    loop = generate_detections_export(cls, box, anchors, info, params)
+    unrolled = generate_detections_export(cls, box, anchors, info, params, nms_rounds=32, float_sort_keys=True)
+    assert int(ref["num_detections"].min()) > 0
+    for key in ref:
+        assert torch.equal(unrolled[key], loop[key]), key
+        assert torch.equal(unrolled[key], ref[key]), key
+    few = generate_detections_export(cls, box, anchors, info, params, nms_rounds=1, float_sort_keys=True)
+    assert (few["num_detections"] < ref["num_detections"]).any()  # 1 round leaves candidates undecided
+    for b in range(2):  # too few rounds: fewer detections, each the reference's (a prefix of its list)
+        n = int(few["num_detections"][b])
+        assert n <= int(ref["num_detections"][b])
+        assert torch.equal(few["detection_boxes"][b, :n], ref["detection_boxes"][b, :n])
