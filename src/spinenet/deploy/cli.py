@@ -131,7 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
           f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
           f"postprocess {args.postprocess}, {args.conv_algorithm or profile.conv_algorithm} convolutions, "
-          f"{profile.describe}")
+          f"{profile.describe if args.postprocess != 'none' else 'target ' + profile.target}")
     return 0
 
 

@@ -13,6 +13,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from spinenet.deploy.atc_ops import AtcOperatorList, check_atc_operators
+
 # Operators whose output shape depends on the data: refused in every export (the graphs are static). ATC lists
 # NonZero and NonMaxSuppression (CANN 5.0.4 and 8.0.0), so this is not about ATC: what ATC takes is checked against
 # its published list (spinenet.deploy.atc_ops), which lacks Loop; the ONNX Runtime target keeps its Loop.
@@ -158,7 +160,8 @@ def _static_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
-def check_exported_model(proto: onnx.ModelProto, opset: int | None = None, operators=None) -> None:
+def check_exported_model(proto: onnx.ModelProto, opset: int | None = None,
+                         operators: AtcOperatorList | None = None) -> None:
     """Raise ``ValueError`` unless ``proto`` passes ``onnx.checker`` (full), strict shape inference, has only
     static shapes (graph inputs, outputs, value_info, subgraphs included), none of :data:`FORBIDDEN_OPS`,
     constant ``Pad`` pads, the default-domain ``opset`` if one is given, and, given ``operators`` (an
@@ -180,8 +183,6 @@ def check_exported_model(proto: onnx.ModelProto, opset: int | None = None, opera
     if computed:
         raise ValueError(f"Pad nodes with computed (not constant) pads: {', '.join(computed[:5])}")
     if operators is not None:
-        from spinenet.deploy.atc_ops import check_atc_operators
-
         check_atc_operators(proto, operators)
 
 

@@ -45,7 +45,7 @@ class ExportProfile:
     def describe(self) -> str:
         nms = "greedy NMS (Loop)" if self.nms_rounds is None else f"greedy NMS unrolled ({self.nms_rounds} rounds)"
         ops = "" if self.operators is None else f", operators of {self.operators.file}"
-        return f"target {self.target}: {self.conv_algorithm} convolutions, {nms}{ops}"
+        return f"target {self.target}: {nms}{ops}"
 
 
 TARGETS = ("onnxruntime", "ascend")
