@@ -32,6 +32,7 @@ PATHS = [
     ("ONNX Runtime, default export", "onnxruntime", "fp32", {}),
     ("ONNX Runtime, Winograd on every head map", "onnxruntime", "fp32", {"winograd_min_pixels": 1}),
     ("ONNX Runtime, direct convolutions", "onnxruntime", "fp32", {"conv_algorithm": "direct"}),
+    ("ONNX Runtime, --target ascend (no Loop)", "onnxruntime", "fp32", {"target": "ascend"}),
     ("OpenVINO, Winograd on every head map", "openvino", "fp32", {"winograd_min_pixels": 1}),
     ("OpenVINO, direct convolutions", "openvino", "fp32", {"conv_algorithm": "direct"}),
     ("OpenVINO, Winograd on every head map", "openvino", "bf16", {"winograd_min_pixels": 1}),

@@ -14,10 +14,16 @@ examples:
   spinenet export --checkpointpath=model.pt --output=model.onnx --model=retinanet \\
       --input_image_size=640,640 --batch_size=1 --opset=13
   spinenet export --checkpoint model.pt --output raw.onnx --postprocess none --input_type raw_image_tensor
+  spinenet export --checkpoint model.pt --output om/ --target ascend            (ATC, CANN 5.0.4's operators)
+  spinenet export --checkpoint model.pt --output om/ --target ascend --cann 8   (CANN 8.0.0's operators)
 
 The graph takes Placeholder: uint8 [B, H, W, 3] NHWC RGB (normalisation inside the graph) and returns
 NumDetections, DetectionBoxes, DetectionClasses, DetectionScores, ImageInfo, like the seed's
-spinenet_tf_310.pb; then e.g.  atc --framework=5 --model=model.onnx --input_shape="Placeholder:1,640,640,3"
+spinenet_tf_310.pb; for Ascend, export with --target ascend, then e.g.
+  atc --framework=5 --model=model.onnx --output=model --input_shape="Placeholder:1,640,640,3" --soc_version=Ascend310
+Every export is checked before it is written: static shapes, constant Pad pads, the opset, and for
+--target ascend every operator (subgraphs included) on ATC's published list for --cann; a graph that fails is
+refused with the offending node names.
 --config_file / --params_override apply over the checkpoint's own config (post-processing thresholds etc.).
 """
 
@@ -37,14 +43,24 @@ def add_export_parser(sub) -> None:
     p.add_argument("--input_image_size", type=_image_size, default=(640, 640),
                    help="H,W of the graph input, multiples of 128 (default 640,640)")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset, 11-13 (default 13: ATC in CANN 5.x/6.x)")
+    p.add_argument("--target", default="onnxruntime", choices=["onnxruntime", "ascend"],
+                   help="the runtime the graph is built for (spinenet.deploy.targets): onnxruntime (default; also "
+                        "OpenVINO): Winograd convolutions, exact greedy NMS as one ONNX Loop; ascend: Huawei ATC "
+                        "(--framework=5): plain convolutions, greedy NMS unrolled over a fixed number of rounds "
+                        "(no Loop, which ATC's list lacks), every operator checked against ATC's list")
+    p.add_argument("--cann", default=None, choices=["5", "6", "7", "8"],
+                   help="with --target ascend: the CANN version whose ONNX operator list is checked (default 5: "
+                        "CANN 5.0.4, the seed's; 8: CANN 8.0.0; 6 and 7: their lists were not found, the operators "
+                        "both 5.0.4 and 8.0.0 list stand in)")
     p.add_argument("--input_type", default="image_tensor", choices=["image_tensor", "raw_image_tensor"],
                    help="image_tensor: uint8 NHWC RGB; raw_image_tensor: float32 NHWC already normalised")
     p.add_argument("--postprocess", default="v1", choices=["v1", "none"],
                    help="v1: the reference's detections; none: raw head maps cls_3..7, box_3..7")
     p.add_argument("--pre_nms_topk", type=int, default=None,
                    help="candidate window of the static NMS (default 2000; see spinenet.deploy.postprocess_export)")
-    p.add_argument("--conv_algorithm", default="winograd", choices=["winograd", "direct"],
-                   help="winograd (default): 3x3 convolutions on maps of 20x20 and more (the head's, and the "
+    p.add_argument("--conv_algorithm", default=None, choices=["winograd", "direct"],
+                   help="default: the --target's (onnxruntime: winograd, ascend: direct). winograd: 3x3 "
+                        "convolutions on maps of 20x20 and more (the head's, and the "
                         "backbone's of 80 channels and more) as Winograd F(4x4,3x3), the fastest on CPUs (ONNX "
                         "Runtime, OpenVINO; raw maps within ~1e-4 of each map's range); direct: every convolution "
                         "a plain Conv, for compilers with their own convolution engines (ATC for Ascend, TensorRT). "
@@ -104,8 +120,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     from spinenet.deploy.export import export_onnx
     from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK
+    from spinenet.deploy.targets import export_profile
     from spinenet.io_checks import ensure_writable_dir
 
+    profile = export_profile(args.target, args.cann)  # bad --target/--cann combinations fail before the model loads
     # Before the work: the folder of the .onnx must take a file (it is written there, then renamed).
     ensure_writable_dir(resolve_output_path(args.output, "model").parent, "--output folder")
     print(f"loading {args.checkpoint}", flush=True)
@@ -126,11 +144,13 @@ def run_export(args: argparse.Namespace) -> int:
         export_onnx(model, path, batch_size=args.batch_size, image_size=args.input_image_size, opset=args.opset,
                     input_type=args.input_type, postprocess=args.postprocess,
                     pre_nms_topk=args.pre_nms_topk or DEFAULT_PRE_NMS_TOPK, conv_algorithm=args.conv_algorithm,
-                    metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name})
+                    metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name},
+                    target=args.target, cann=args.cann)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s): "
           f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
-          f"postprocess {args.postprocess}, {args.conv_algorithm} convolutions")
+          f"postprocess {args.postprocess}, {args.conv_algorithm or profile.conv_algorithm} convolutions, "
+          f"{profile.describe if args.postprocess != 'none' else 'target ' + profile.target}")
     return 0
 
 

@@ -7,8 +7,9 @@ Input ``Placeholder``: uint8 ``[B, H, W, 3]`` NHWC RGB (``image_tensor``) or flo
 [B, 4, 2]. With ``postprocess="none"`` the outputs are the raw head maps ``cls_3..cls_7``, ``box_3..box_7``
 (NCHW, as :class:`~spinenet.modeling.retinanet.RetinaNet` returns them).
 
-The graph is static (fixed batch and size), opset 9-13 operators only, with no ``NonZero``: what ATC in
-CANN 5.x/6.x accepts.
+The graph is static (fixed batch and size), opset 11-13, with no ``NonZero``. How it is built for each runtime
+(convolutions, NMS form, operator list checked) is the target's profile, :mod:`spinenet.deploy.targets`:
+``target="ascend"`` gives a graph of ATC's listed operators only (no ``Loop``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from spinenet.deploy.host_postprocess import detector_metadata
 from spinenet.deploy.onnx_graph import annotate_loop_shapes, check_exported_model, fold_integer_constants
 from spinenet.deploy.optimize import DEFAULT_WINOGRAD_MIN_PIXELS, optimize_for_inference
 from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
+from spinenet.deploy.targets import export_profile
 from spinenet.modeling.retinanet import RetinaNet, default_image_info
 
 INPUT_TYPES = ("image_tensor", "raw_image_tensor")
@@ -55,13 +57,15 @@ class ExportWrapper(nn.Module):
     ``conv_algorithm``: None runs ``model`` as it is (the eager reference); "direct" or "winograd" runs the
     rewritten copy of :func:`~spinenet.deploy.optimize.optimize_for_inference` (BN folded, background class
     channels dropped when post-processing follows, and for "winograd" the large 3x3 convolutions as
-    Winograd F(4x4, 3x3)).
+    Winograd F(4x4, 3x3)). ``nms_rounds`` and ``float_sort_keys``: see
+    :func:`~spinenet.deploy.postprocess_export.generate_detections_export` (None/False: the ``Loop`` form).
     """
 
     def __init__(self, model: RetinaNet, *, batch_size: int = 1, image_size: tuple[int, int] = (640, 640),
                  input_type: str = "image_tensor", postprocess: str = "v1",
                  pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK, conv_algorithm: str | None = None,
-                 winograd_min_pixels: int = DEFAULT_WINOGRAD_MIN_PIXELS):
+                 winograd_min_pixels: int = DEFAULT_WINOGRAD_MIN_PIXELS, nms_rounds: int | None = None,
+                 float_sort_keys: bool = False):
         super().__init__()
         if input_type not in INPUT_TYPES:
             raise ValueError(f"input_type {input_type!r} is not supported; valid: {', '.join(INPUT_TYPES)} "
@@ -78,6 +82,7 @@ class ExportWrapper(nn.Module):
         self.model = model.eval()
         self.batch_size, self.image_size = int(batch_size), (h, w)
         self.input_type, self.postprocess, self.pre_nms_topk = input_type, postprocess, pre_nms_topk
+        self.nms_rounds, self.float_sort_keys = nms_rounds, float_sort_keys
         self.levels = list(range(model.params.min_level, model.params.max_level + 1))
         self.register_buffer("anchors", model.anchors((h, w)).clone(), persistent=False)  # (N, 4)
         self.register_buffer("image_info", default_image_info(batch_size, h, w), persistent=False)  # (B, 4, 2)
@@ -116,7 +121,8 @@ class ExportWrapper(nn.Module):
             return tuple(cls_outputs[lvl] for lvl in self.levels) + tuple(box_outputs[lvl] for lvl in self.levels)
         dets = generate_detections_export(cls_outputs, box_outputs, self.anchors, self.image_info,
                                           self.model.params.postprocess, self.pre_nms_topk,
-                                          background_channel=self.model.head.background_channel)
+                                          background_channel=self.model.head.background_channel,
+                                          nms_rounds=self.nms_rounds, float_sort_keys=self.float_sort_keys)
         return (dets["num_detections"], dets["detection_boxes"], dets["detection_classes"],
                 dets["detection_scores"], _computed_copy(self.image_info))
 
@@ -130,24 +136,36 @@ def _computed_copy(x: Tensor) -> Tensor:
 def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
                 image_size: tuple[int, int] = (640, 640), opset: int = 13, input_type: str = "image_tensor",
                 postprocess: str = "v1", *, pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK,
-                conv_algorithm: str = "winograd", winograd_min_pixels: int = DEFAULT_WINOGRAD_MIN_PIXELS,
-                metadata: dict[str, str] | None = None) -> Path:
+                conv_algorithm: str | None = None, winograd_min_pixels: int = DEFAULT_WINOGRAD_MIN_PIXELS,
+                metadata: dict[str, str] | None = None, target: str = "onnxruntime", cann: str | None = None,
+                nms_rounds: int | None = None) -> Path:
     """Export ``model`` to ONNX at ``path`` (written atomically) and check the result; returns the path.
 
-    ``conv_algorithm`` (see :class:`ExportWrapper`): "winograd" (default) is the fastest on CPUs (ONNX Runtime,
-    OpenVINO); "direct" keeps every convolution a Conv node, for compilers with their own convolution engines
-    (ATC for Ascend, TensorRT). ``winograd_min_pixels``: the smallest feature map (H*W) computed with Winograd.
+    ``target`` ("onnxruntime", also for OpenVINO, or "ascend" with ``cann`` "5".."8") picks the profile
+    (:func:`~spinenet.deploy.targets.export_profile`): convolutions, NMS form and the operator list checked.
+    ``conv_algorithm`` (see :class:`ExportWrapper`) overrides the profile's: "winograd" is the fastest on CPUs
+    (ONNX Runtime, OpenVINO); "direct" keeps every convolution a Conv node, for compilers with their own
+    convolution engines (ATC for Ascend, TensorRT). ``winograd_min_pixels``: the smallest feature map (H*W)
+    computed with Winograd. ``nms_rounds`` overrides the Ascend profile's unrolled round count.
 
     The checks (:func:`~spinenet.deploy.onnx_graph.check_exported_model`): ``onnx.checker`` (full), strict
-    shape inference, every graph input/output/value_info shape static, no ``NonZero`` anywhere (subgraphs
-    included), and the requested opset.
+    shape inference, every graph input/output/value_info shape static, none of the data-dependent-shape operators
+    anywhere (subgraphs included), constant Pad pads, the requested opset, and for Ascend every node's operator
+    on ATC's list for that CANN version. A graph that fails is not written.
     """
-    if not 11 <= opset <= 13:
+    profile = export_profile(target, cann)
+    low, high = profile.opsets
+    if not low <= opset <= high:
         # 11: TopK's lower-index tie rule and Clip with tensor bounds; 13: the newest ATC in CANN 5/6 takes.
-        raise ValueError(f"opset {opset} is not supported; valid: 11, 12, 13")
+        raise ValueError(f"opset {opset} is not supported for {profile.target}; valid: {low}-{high}")
+    conv_algorithm = conv_algorithm or profile.conv_algorithm
+    if nms_rounds is not None and profile.nms_rounds is None:
+        raise ValueError("nms_rounds applies to the unrolled NMS of target ascend only")
+    nms_rounds = nms_rounds or profile.nms_rounds
     wrapper = ExportWrapper(model, batch_size=batch_size, image_size=image_size, input_type=input_type,
                             postprocess=postprocess, pre_nms_topk=pre_nms_topk,
-                            conv_algorithm=conv_algorithm, winograd_min_pixels=winograd_min_pixels).eval()
+                            conv_algorithm=conv_algorithm, winograd_min_pixels=winograd_min_pixels,
+                            nms_rounds=nms_rounds, float_sort_keys=profile.float_sort_keys).eval()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -160,13 +178,14 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
         meta = {"spinenet.input_type": input_type, "spinenet.postprocess": postprocess,
                 "spinenet.image_size": f"{wrapper.image_size[0]},{wrapper.image_size[1]}",
                 "spinenet.batch_size": str(batch_size), "spinenet.pre_nms_topk": str(pre_nms_topk),
-                "spinenet.conv_algorithm": conv_algorithm,
+                "spinenet.conv_algorithm": conv_algorithm, "spinenet.target": profile.target,
+                "spinenet.nms": "loop" if nms_rounds is None else f"unrolled:{nms_rounds}",
                 "spinenet.num_classes": str(model.num_classes), **detector_metadata(model), **(metadata or {})}
         onnx.helper.set_model_props(proto, meta)
         # Keep the inferred types: the exporter declares some outputs with symbolic dims (e.g. the batch of
         # NumDetections), which inference resolves to the static ones; tools reading the file see those.
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
-        check_exported_model(proto, opset)
+        check_exported_model(proto, opset, profile.operators)
         onnx.save(proto, tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)

@@ -13,8 +13,12 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-# Operators ATC (CANN 5.x/6.x) can't take, or that make shapes data-dependent.
-FORBIDDEN_OPS = ("NonZero", "Unique", "NonMaxSuppression")
+from spinenet.deploy.atc_ops import AtcOperatorList, check_atc_operators
+
+# Operators whose output shape depends on the data: refused in every export (the graphs are static). ATC lists
+# NonZero and NonMaxSuppression (CANN 5.0.4 and 8.0.0), so this is not about ATC: what ATC takes is checked against
+# its published list (spinenet.deploy.atc_ops), which lacks Loop; the ONNX Runtime target keeps its Loop.
+FORBIDDEN_OPS = ("NonZero", "Unique", "NonMaxSuppression", "Compress")
 _EXACT_KINDS = "iub"  # integer, unsigned, bool: results that any evaluator computes bit for bit
 
 
@@ -156,10 +160,12 @@ def _static_types(graph: onnx.GraphProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
-def check_exported_model(proto: onnx.ModelProto, opset: int | None = None) -> None:
+def check_exported_model(proto: onnx.ModelProto, opset: int | None = None,
+                         operators: AtcOperatorList | None = None) -> None:
     """Raise ``ValueError`` unless ``proto`` passes ``onnx.checker`` (full), strict shape inference, has only
-    static shapes (graph inputs, outputs, value_info, subgraphs included), none of :data:`FORBIDDEN_OPS`, and
-    the default-domain ``opset`` if one is given."""
+    static shapes (graph inputs, outputs, value_info, subgraphs included), none of :data:`FORBIDDEN_OPS`,
+    constant ``Pad`` pads, the default-domain ``opset`` if one is given, and, given ``operators`` (an
+    :class:`~spinenet.deploy.atc_ops.AtcOperatorList`), only operators on that list, subgraphs included."""
     onnx.checker.check_model(proto, full_check=True)
     if opset is not None:
         version = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -168,10 +174,30 @@ def check_exported_model(proto: onnx.ModelProto, opset: int | None = None) -> No
     inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
     bad_ops = sorted(set(all_op_types(inferred.graph)) & set(FORBIDDEN_OPS))
     if bad_ops:
-        raise ValueError(f"the graph contains {', '.join(bad_ops)}: data-dependent shapes that ATC can't take")
+        raise ValueError(f"the graph contains {', '.join(bad_ops)}, whose output shapes depend on the data "
+                         "(the exported graphs are static)")
     dynamic = [f"{v.name} {dims(v)}" for v in _all_value_infos(inferred.graph) if not is_static(v)]
     if dynamic:
         raise ValueError(f"{len(dynamic)} tensors have no static shape, e.g. {'; '.join(dynamic[:5])}")
+    computed = computed_pads(proto.graph)
+    if computed:
+        raise ValueError(f"Pad nodes with computed (not constant) pads: {', '.join(computed[:5])}")
+    if operators is not None:
+        check_atc_operators(proto, operators)
+
+
+def computed_pads(graph: onnx.GraphProto, outer_consts: frozenset[str] = frozenset()) -> list[str]:
+    """Names of the Pad nodes (subgraphs included) whose pads input is not an initializer or a Constant."""
+    consts = set(outer_consts) | {t.name for t in graph.initializer}
+    consts |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    bad = []
+    for node in graph.node:
+        if node.op_type == "Pad" and len(node.input) > 1 and node.input[1] not in consts:
+            bad.append(node.name or node.output[0])
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                bad += computed_pads(attr.g, frozenset(consts))
+    return bad
 
 
 def all_op_types(graph: onnx.GraphProto) -> list[str]:

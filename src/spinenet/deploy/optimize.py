@@ -6,14 +6,14 @@
 * optionally (``drop_background=True``, for graphs that end in post-processing) the class predictor loses the
   background channel of each anchor, which the reference's post-processing never reads: 9 of 819 output
   channels for COCO; with Winograd, its maps on Winograd levels then come back in tile-major order
-  ((B, 16, H/4, W/4, A*(K-1)), see :mod:`spinenet.modeling.winograd_head`), which the export's post-processing
+  ((B, 16, H/4, W/4, A*(K-1)), see :mod:`spinenet.deploy.winograd_head`), which the export's post-processing
   reads directly, skipping the reordering of the largest tensor in the graph;
 * the backbone's channel counts are rounded up to multiples of ``channel_multiple`` (8) with zero filters
   (:func:`pad_backbone_channels`), and the 1x1 reductions that read the same feature run as one convolution
   (:class:`SharedReduceSpineNet`);
-* 3x3 stride-1 convolutions run as Winograd F(4x4, 3x3) (:mod:`spinenet.modeling.winograd`) on feature maps of
+* 3x3 stride-1 convolutions run as Winograd F(4x4, 3x3) (:mod:`spinenet.deploy.winograd`) on feature maps of
   at least ``winograd_min_pixels`` pixels: all of the head's, chained in the tile domain from layer to layer
-  (:class:`~spinenet.modeling.winograd_head.WinogradHead`), and the backbone's with at least
+  (:class:`~spinenet.deploy.winograd_head.WinogradHead`), and the backbone's with at least
   ``backbone_winograd_min_channels`` (80) input channels; smaller maps and narrower backbone convolutions keep
   direct convolutions, which are faster there (see ``DEFAULT_WINOGRAD_MIN_PIXELS``).
 
@@ -30,12 +30,12 @@ import copy
 import torch
 from torch import nn
 
+from spinenet.deploy.winograd import SizeSwitchedConv, is_winograd_compatible
+from spinenet.deploy.winograd_head import WinogradHead
 from spinenet.modeling.head import RetinaNetHead
 from spinenet.modeling.layers import ConvNormAct, batchnorm_affine
 from spinenet.modeling.retinanet import RetinaNet
 from spinenet.modeling.spinenet import SpineNet
-from spinenet.modeling.winograd import SizeSwitchedConv, is_winograd_compatible
-from spinenet.modeling.winograd_head import WinogradHead
 
 # Where Winograd pays, measured on the 2-core CPU (whole SpineNet-49S at 640x640, fp32, each placement against
 # the others in the same process). ONNX Runtime: Winograd in the head on maps of 40x40 and more, 0.89x the time

@@ -31,6 +31,7 @@ import warnings
 import torch
 from torch import Tensor
 
+from spinenet.deploy.nms_unrolled import greedy_keep_unrolled
 from spinenet.modeling.box_coder import clip_boxes, decode_boxes
 from spinenet.modeling.postprocess import PostprocessParams, _check_maps, _pairwise_iou
 
@@ -52,7 +53,8 @@ def window_size(num_scores: int, params: PostprocessParams, pre_nms_topk: int) -
 def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict[int, Tensor], anchors: Tensor,
                                image_info: Tensor, params: PostprocessParams | None = None,
                                pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK, *,
-                               background_channel: bool = True) -> dict[str, Tensor]:
+                               background_channel: bool = True, nms_rounds: int | None = None,
+                               float_sort_keys: bool = False) -> dict[str, Tensor]:
     """Static-shape twin of :func:`~spinenet.modeling.postprocess.generate_detections` (same arguments and outputs).
 
     ``cls_outputs[l]``: (B, A*K, H_l, W_l), ``box_outputs[l]``: (B, A*4, H_l, W_l); ``anchors``: (N, 4) yxyx;
@@ -62,6 +64,11 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     ``detection_boxes`` float32 (B, M, 4), ``detection_classes`` int32 (B, M) (1..K-1),
     ``detection_scores`` float32 (B, M), M = ``params.max_total_size``; empty slots hold zero boxes and
     classes and score -1 ("v1") or 0 ("v2", "batched").
+
+    ``nms_rounds``: None runs greedy NMS to its end (an ONNX ``Loop`` when exported); a number runs that many
+    rounds unrolled, without ``Loop`` (:mod:`spinenet.deploy.nms_unrolled`: exact when enough, else a prefix of
+    the exact detections). ``float_sort_keys``: sort the candidates' class-major indices as float32 (exact below
+    2^24) rather than int64, for runtimes whose TopK takes floats only (ATC in CANN 5.0.4: float16/float32).
     """
     params = params or PostprocessParams()
     first = min(box_outputs)
@@ -80,7 +87,7 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     k = window_size(num_classes * num_boxes, params, pre_nms_topk)
     top_scores, top_class, top_anchor = _top_candidates(
         [cls_outputs[lvl] for lvl in levels], [tuple(box_outputs[lvl].shape[2:]) for lvl in levels], num_anchors,
-        num_classes, background_channel, params, k)
+        num_classes, background_channel, params, k, float_sort_keys)
 
     # Decode only the k candidates: decoding is elementwise, so this is bit-identical to decoding all N.
     deltas = torch.cat([_anchor_major(box_outputs[lvl], 4) for lvl in levels], dim=1).float()  # (B, N, 4)
@@ -94,7 +101,10 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
         # Model Garden's tiled NMS never selects all-zero boxes (boxes clipped away to the corner).
         valid = valid & (boxes > 0).any(dim=-1)
     suppress = _suppression_matrix(boxes, top_class, params)  # (B, k, k)
-    kept = _greedy_keep(valid.unsqueeze(1), suppress).reshape(valid.shape)  # (B, k) bool
+    if nms_rounds is None:
+        kept = _greedy_keep(valid.unsqueeze(1), suppress).reshape(valid.shape)  # (B, k) bool
+    else:
+        kept = greedy_keep_unrolled(valid.unsqueeze(1), suppress, nms_rounds).reshape(valid.shape)
 
     # The first max_total_size kept candidates, in order: TopK on a key that falls with the position.
     slots = min(params.max_total_size, k)
@@ -132,7 +142,8 @@ def _as_nchw_shape(cls: Tensor, background_channel: bool) -> Tensor:
 
 
 def _top_candidates(logits: list[Tensor], shapes: list[tuple[int, int]], num_anchors: int, num_classes: int,
-                    background_channel: bool, params: PostprocessParams, k: int) -> tuple[Tensor, Tensor, Tensor]:
+                    background_channel: bool, params: PostprocessParams, k: int,
+                    float_sort_keys: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The reference's top ``k`` (anchor, class) candidates: (scores, classes 0..K-2, anchor indices), each (B, k).
 
     The reference ranks sigmoid scores in class-major order (flat index ``c*N + n``, anchors ``n`` in (level, y,
@@ -177,7 +188,13 @@ def _top_candidates(logits: list[Tensor], shapes: list[tuple[int, int]], num_anc
     values, keys = torch.cat(values, dim=1).float(), torch.cat(keys, dim=1)  # TF post-processes in float32
     if params.apply_sigmoid:
         values = torch.sigmoid(values)
-    order = torch.topk(keys, keys.shape[1], dim=1, largest=False).indices  # keys are distinct: a plain sort
+    if float_sort_keys:  # keys are integers below num_classes * total: exact in float32 below 2^24
+        if num_classes * total >= 2**24:
+            raise ValueError(f"{num_classes} classes x {total} anchors is too many to sort as float32 keys "
+                             "(2^24); export a smaller input size for this target")
+        order = torch.topk(keys.to(torch.float32), keys.shape[1], dim=1, largest=False).indices
+    else:
+        order = torch.topk(keys, keys.shape[1], dim=1, largest=False).indices  # distinct keys: a plain sort
     values, keys = torch.gather(values, 1, order), torch.gather(keys, 1, order)
     top_scores, position = _topk_lowest_index_first(values, k)
     top_key = torch.gather(keys, 1, position)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from spinenet.deploy.winograd import WinogradConv2d
+from spinenet.deploy.winograd_head import WinogradHead, halo_tiles, input_tiles, tiles_to_nchw
 from spinenet.modeling.head import RetinaNetHead
-from spinenet.modeling.winograd import WinogradConv2d
-from spinenet.modeling.winograd_head import WinogradHead, halo_tiles, input_tiles, tiles_to_nchw
 
 NUM_CLASSES, NUM_ANCHORS, WIDTH = 5, 3, 16
 

@@ -1,6 +1,6 @@
 """The RetinaNet head for inference with its Winograd layers chained in the tile domain.
 
-A Winograd layer (:class:`~spinenet.modeling.winograd.WinogradConv2d`) turns its input into 6x6 tiles, multiplies,
+A Winograd layer (:class:`~spinenet.deploy.winograd.WinogradConv2d`) turns its input into 6x6 tiles, multiplies,
 and turns the products back into 4x4 output tiles. Run layer by layer, each output is put back in place (a
 DepthToSpace) only for the next layer to cut it into tiles again (a convolution with the 36 transform kernels and a
 transpose). In the head, where 4 layers follow each other on the same map, this module skips that round trip:
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from spinenet.deploy.winograd import TILE, WinogradConv2d, depth_to_space_dcr
 from spinenet.modeling.head import RetinaNetHead, Subnet
 from spinenet.modeling.layers import batchnorm_affine
-from spinenet.modeling.winograd import TILE, WinogradConv2d, depth_to_space_dcr
 
 
 def input_tiles(x: Tensor, kin: Tensor) -> Tensor:

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinenet.modeling.winograd import SizeSwitchedConv, WinogradConv2d, is_winograd_compatible
+from spinenet.deploy.winograd import SizeSwitchedConv, WinogradConv2d, is_winograd_compatible
 
 
 def _relative_error(out: torch.Tensor, x: torch.Tensor, conv: torch.nn.Conv2d) -> float:

@@ -15,7 +15,7 @@ Everything is written with operators ONNX Runtime runs fast at batch 1, so the e
   one ``DepthToSpace`` (DCR) that puts each tile's 16 pixels in place -> ``(B, O, H, W)``.
 
 Chained layers (the RetinaNet head's) can skip putting each output in place only to cut it into tiles again:
-:mod:`spinenet.modeling.winograd_head`.
+:mod:`spinenet.deploy.winograd_head`.
 
 The filter transform ``U = G g Gᵀ`` is computed once, in float64, when the module is built. Results equal the
 direct convolution up to float32 rounding: about 1e-5 of the output's largest magnitude with these points
