@@ -1,0 +1,164 @@
+"""COCO AP of the deployed detector in fp16, the way ATC compiles it for Ascend 310, against fp32.
+
+ATC's default is ``--precision_mode=force_fp16`` (every operator with an fp16 implementation runs in fp16;
+:data:`spinenet.deploy.precision.ATC_PRECISION`, transcribed from the CANN manual). No NPU is reachable here, so
+the export is rewritten into an fp16 ONNX graph (:func:`spinenet.deploy.precision.convert_to_fp16`: every
+float tensor float16, uint8 input and the five outputs in their own dtypes) and run by ONNX Runtime on the CPU,
+then taken through the seed's chain (image2bin -> infer -> report --annotations) like every other path in
+``benchmarks/fast_path_accuracy.py``. Rows:
+
+* 128x128, the 200 held-out synthetic images of ``make demo``: fp32 ``spinenet evaluate`` is the reference;
+  the direct-convolution export (what ``--conv_algorithm direct`` / the Ascend target writes) in fp32, in fp16
+  (all nodes: plain ``force_fp16``), and in fp16 with the ``--keep_dtype`` list of ``spinenet export`` (the
+  post-processing nodes, box decoding to NMS, kept fp32); the default export with Winograd forced on every map
+  (``winograd_min_pixels=1``) in fp16, since the Winograd transforms amplify rounding;
+* 1024x1024 (``--large N`` images, 0 to skip): the same generator with objects at the trained pixel sizes
+  (15-60 % of 128 px) on a 1024 canvas, so that box coordinates and anchors reach 1024, where fp16's spacing is
+  0.5-1 px. ``spinenet evaluate`` runs at the checkpoint's 128x128, so here the reference is the fp32 direct
+  export at 1024 through the same chain (equal to ``evaluate`` at 128x128, first row).
+
+    python benchmarks/fp16_accuracy.py [--workdir runs/fp16_accuracy] [--large 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CKPT = ROOT / "demo" / "shapes49s_fp16.pt"
+HELD_OUT = dict(num_train=0, num_val=200, image_size=128, seed=0, size_range=(0.15, 0.6))
+LARGE_SIZE = 1024
+TOLERANCE = 0.005  # issue 11: fp16 deployed ΔAP <= 0.005
+
+# (label, export options, precision, keep post-processing fp32)
+PATHS = [
+    ("direct convolutions", {"conv_algorithm": "direct"}, "fp32", False),
+    ("direct convolutions", {"conv_algorithm": "direct"}, "fp16", False),
+    ("direct convolutions, --keep_dtype post-processing", {"conv_algorithm": "direct"}, "fp16", True),
+    ("Winograd on every map", {"winograd_min_pixels": 1}, "fp16", False),
+]
+LARGE_PATHS = PATHS[:3]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", default=str(ROOT / "runs" / "fp16_accuracy"))
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--large", type=int, default=100, help="images in the 1024x1024 set (0: skip it)")
+    args = p.parse_args()
+
+    import torch
+
+    from spinenet.data.synthetic import make_synthetic_dataset
+    from spinenet.engine.evaluate import evaluate_checkpoint
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.workdir)
+    rows = []
+    data = _dataset(work / "data", make_synthetic_dataset, HELD_OUT)
+    reference = evaluate_checkpoint(CKPT, (str(data / "annotations" / "instances_val.json"), str(data / "val")),
+                                    output=str(work / "eval"), num_workers=0, progress=False, device="cpu")
+    rows.append({"path": "PyTorch eager (`spinenet evaluate`), the reference", "size": 128, "precision": "fp32",
+                 "AP": reference["AP"], "AP50": reference["AP50"], "AP75": reference["AP75"], "delta_AP": 0.0,
+                 "keep_dtype_nodes": 0})
+    rows += _paths(work / "s128", data, HELD_OUT["image_size"], PATHS, reference["AP"], args.threads)
+    if args.large:
+        scale = HELD_OUT["image_size"] / LARGE_SIZE
+        large = dict(HELD_OUT, num_val=args.large, image_size=LARGE_SIZE,
+                     size_range=tuple(s * scale for s in HELD_OUT["size_range"]))
+        data_l = _dataset(work / "data_1024", make_synthetic_dataset, large)
+        rows += _paths(work / "s1024", data_l, LARGE_SIZE, LARGE_PATHS, None, args.threads)
+
+    cpu = _cpu()
+    print(f"\nDetector {CKPT.name}; held-out synthetic images (seed 0): 200 at 128x128"
+          + (f", {args.large} at {LARGE_SIZE}x{LARGE_SIZE} (objects 19-77 px)" if args.large else "")
+          + "; ONNX Runtime CPU through image2bin -> infer -> report --annotations.")
+    print("fp16 = every float tensor float16 (spinenet.deploy.precision.convert_to_fp16), as ATC's default "
+          "--precision_mode=force_fp16 compiles; I/O dtypes unchanged.")
+    print(f"ΔAP: against `spinenet evaluate` (fp32) at 128; against the fp32 direct export at {LARGE_SIZE}.")
+    width = max(len(r["path"]) for r in rows)
+    print(f"{'path':{width}}  size  prec.  {'AP':>6}  {'AP50':>6}  {'AP75':>6}  {'ΔAP':>7}  ok (|ΔAP| <= {TOLERANCE})")
+    for r in rows:
+        ok = abs(r["delta_AP"]) <= TOLERANCE
+        print(f"{r['path']:{width}}  {r['size']:4d}  {r['precision']:5}  {r['AP']:6.4f}  {r['AP50']:6.4f}  "
+              f"{r['AP75']:6.4f}  {r['delta_AP']:+7.4f}  {'yes' if ok else 'NO'}")
+    print(f"CPU: {cpu['model']}; flags: {cpu['flags']}")
+    (work / "results.json").write_text(json.dumps({"rows": rows, "cpu": cpu}, indent=1))
+    return 0 if all(abs(r["delta_AP"]) <= TOLERANCE for r in rows) else 1
+
+
+def _dataset(root: Path, make, spec: dict) -> Path:
+    if not (root / "annotations" / "instances_val.json").exists():
+        make(root, overwrite=True, progress=False, **spec)
+    return root
+
+
+def _paths(work: Path, data: Path, size: int, paths, reference_ap: float | None, threads: int) -> list[dict]:
+    """Each path through export -> (fp16) -> image2bin -> infer -> report; ΔAP against ``reference_ap`` (None:
+    against the first row)."""
+    import onnx
+
+    from spinenet.cli import main as cli
+    from spinenet.deploy.export import export_onnx
+    from spinenet.deploy.image2bin import image2bin
+    from spinenet.deploy.precision import convert_to_fp16, name_unnamed_nodes, postprocess_nodes
+    from spinenet.engine.checkpoint import load_model
+
+    model, _ = load_model(CKPT)
+    image2bin(str(data / "val" / "*.jpg"), work / "bins", size, progress=False, overwrite=True)
+    ann = data / "annotations" / "instances_val.json"
+    rows = []
+    for i, (label, export, precision, keep) in enumerate(paths):
+        run = work / f"path{i}"
+        path = export_onnx(model, run / "model.onnx", image_size=(size, size), **export)
+        kept = []
+        if precision == "fp16":
+            proto = onnx.load(path)
+            name_unnamed_nodes(proto)
+            kept = postprocess_nodes(proto) if keep else []
+            path = run / "model_fp16.onnx"
+            onnx.save(convert_to_fp16(proto, kept), path)
+        _quiet(cli, ["infer", "--model", str(path), "--input", str(work / "bins"), "--output", str(run / "out"),
+                     "--threads", str(threads), "--quiet"])
+        out = next(d for d in sorted((run / "out").iterdir()) if d.is_dir())
+        _quiet(cli, ["report", "--output", str(out), "--label_map_file", str(data / "labels.csv"), "--output_html",
+                     str(run / "report.html"), "--image_file_pattern", str(data / "val" / "*.jpg"), "--manifest",
+                     str(work / "bins" / "manifest.json"), "--annotations", str(ann), "--no_progress"])
+        metrics = json.loads((run / "report_metrics.json").read_text())
+        if reference_ap is None:
+            reference_ap = metrics["AP"]
+        rows.append({"path": f"ONNX Runtime, {label}", "size": size, "precision": precision, "export": export,
+                     "AP": metrics["AP"], "AP50": metrics["AP50"], "AP75": metrics["AP75"],
+                     "delta_AP": metrics["AP"] - reference_ap, "keep_dtype_nodes": len(kept)})
+        print(f"{rows[-1]['path']} {size} {precision}: AP {metrics['AP']:.4f}", flush=True)
+    return rows
+
+
+def _quiet(cli, argv: list[str]) -> None:
+    """Run a ``spinenet`` command in this process with its stdout discarded (the table is what matters)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = cli(argv)
+    if code:
+        raise SystemExit(f"spinenet {' '.join(argv)} failed with status {code}")
+
+
+def _cpu() -> dict:
+    """This machine's CPU model and flags, from lscpu (as RESULTS.md records them)."""
+    fields = {}
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return {"model": fields.get("Model name", "unknown"), "flags": fields.get("Flags", "unknown"),
+            "cpus": os.cpu_count()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
