@@ -2,7 +2,7 @@
 
 ATC's default is ``--precision_mode=force_fp16`` (every operator with an fp16 implementation runs in fp16;
 :data:`spinenet.deploy.precision.ATC_PRECISION`, transcribed from the CANN manual). No NPU is reachable here, so
-the export is rewritten into an fp16 ONNX graph (:func:`spinenet.deploy.precision.convert_to_fp16`: every
+the export is rewritten into an fp16 ONNX graph (:func:`spinenet.deploy.precision.emulate_fp16`: every
 float tensor float16, uint8 input and the five outputs in their own dtypes) and run by ONNX Runtime on the CPU,
 then taken through the seed's chain (image2bin -> infer -> report --annotations) like every other path in
 ``benchmarks/fast_path_accuracy.py``. Rows:
@@ -76,11 +76,13 @@ def main() -> int:
         data_l = _dataset(work / "data_1024", make_synthetic_dataset, large)
         rows += _paths(work / "s1024", data_l, LARGE_SIZE, LARGE_PATHS, None, args.threads)
 
+    boxes = [_large_box_check(work / "large_boxes", size) for size in (640, LARGE_SIZE)]
+
     cpu = _cpu()
     print(f"\nDetector {CKPT.name}; held-out synthetic images (seed 0): 200 at 128x128"
           + (f", {args.large} at {LARGE_SIZE}x{LARGE_SIZE} (objects 19-77 px)" if args.large else "")
           + "; ONNX Runtime CPU through image2bin -> infer -> report --annotations.")
-    print("fp16 = every float tensor float16 (spinenet.deploy.precision.convert_to_fp16), as ATC's default "
+    print("fp16 = every float tensor float16 (spinenet.deploy.precision.emulate_fp16), as ATC's default "
           "--precision_mode=force_fp16 compiles; I/O dtypes unchanged.")
     print(f"ΔAP: against `spinenet evaluate` (fp32) at 128; against the fp32 direct export at {LARGE_SIZE}.")
     width = max(len(r["path"]) for r in rows)
@@ -89,9 +91,67 @@ def main() -> int:
         ok = abs(r["delta_AP"]) <= TOLERANCE
         print(f"{r['path']:{width}}  {r['size']:4d}  {r['precision']:5}  {r['AP']:6.4f}  {r['AP50']:6.4f}  "
               f"{r['AP75']:6.4f}  {r['delta_AP']:+7.4f}  {'yes' if ok else 'NO'}")
+    print("\nPost-processing alone (box decoding, IoU, NMS), the 9 anchors of one level-6 and one level-7 position "
+          "scored for one class, zero box deltas (large boxes, areas above fp16's 65504): detections")
+    for b in boxes:
+        print(f"  {b['size']}x{b['size']}: eager fp32 {b['eager']}, ONNX fp32 {b['fp32']}, fp16 {b['fp16']}, "
+              f"fp16 + --keep_dtype {b['fp16_keep']} (boxes equal to eager: fp32 {b['fp32_equal']}, "
+              f"fp16 {b['fp16_equal']}, fp16 + --keep_dtype {b['fp16_keep_equal']})")
     print(f"CPU: {cpu['model']}; flags: {cpu['flags']}")
-    (work / "results.json").write_text(json.dumps({"rows": rows, "cpu": cpu}, indent=1))
+    (work / "results.json").write_text(json.dumps({"rows": rows, "large_boxes": boxes, "cpu": cpu}, indent=1))
     return 0 if all(abs(r["delta_AP"]) <= TOLERANCE for r in rows) else 1
+
+
+def _large_box_check(work: Path, size: int) -> dict:
+    """Detections of the post-processing alone on maps that put same-class candidates on large anchors: eager
+    ``generate_detections`` (fp32) against the exported post-processing in fp32, fp16, fp16 with every node kept."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    from spinenet.deploy.precision import emulate_fp16, export_postprocess_alone
+    from spinenet.engine.checkpoint import load_model
+    from spinenet.modeling.postprocess import generate_detections
+    from spinenet.modeling.retinanet import default_image_info
+
+    model, _ = load_model(CKPT)
+    proto = onnx.load(export_postprocess_alone(model, work / f"post_{size}.onnx", (size, size)))
+    keep = [n.name for n in proto.graph.node if n.op_type != "Constant"]
+    maps = large_box_maps(model, size)
+    levels = range(model.params.min_level, model.params.max_level + 1)
+    ref = generate_detections({lvl: torch.from_numpy(maps[f"cls_{lvl}"]) for lvl in levels},
+                              {lvl: torch.from_numpy(maps[f"box_{lvl}"]) for lvl in levels},
+                              model.anchors((size, size)), default_image_info(1, size, size), model.params.postprocess)
+    n = int(ref["num_detections"][0])
+    result = {"size": size, "eager": n}
+    for key, graph in (("fp32", proto), ("fp16", emulate_fp16(proto)), ("fp16_keep", emulate_fp16(proto, keep))):
+        out = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, maps)
+        result[key] = int(out[0][0])
+        result[f"{key}_equal"] = bool(result[key] == n and np.abs(out[1][0, :n] - ref["detection_boxes"][0, :n].numpy())
+                                      .max() <= 0.01)
+    return result
+
+
+def large_box_maps(model, size: int) -> dict:
+    """Raw maps (``cls_l``, ``box_l``; NCHW float32, batch 1) for ``model`` at ``size``: every logit -20 but the
+    nine anchors of position (0, 0) on levels 6 and 7, which score class 1 at logits 5.0, 4.9, ...; zero deltas,
+    so the boxes are those anchors (clipped): 150 to 610 px on a side, overlapping, areas up to 372,000."""
+    import numpy as np
+
+    levels = range(model.params.min_level, model.params.max_level + 1)
+    anchors = model.params.anchor.num_scales * len(model.params.anchor.aspect_ratios)
+    channels = model.num_classes + int(model.head.background_channel)
+    maps = {}
+    for lvl in levels:
+        side = size // 2**lvl
+        cls = np.full((1, anchors * channels, side, side), -20.0, np.float32)
+        if lvl >= 6:
+            for a in range(anchors):
+                cls[0, a * channels + int(model.head.background_channel), 0, 0] = 5.0 - 0.1 * a
+        maps[f"cls_{lvl}"] = cls
+        maps[f"box_{lvl}"] = np.zeros((1, anchors * 4, side, side), np.float32)
+    return maps
 
 
 def _dataset(root: Path, make, spec: dict) -> Path:
@@ -108,7 +168,7 @@ def _paths(work: Path, data: Path, size: int, paths, reference_ap: float | None,
     from spinenet.cli import main as cli
     from spinenet.deploy.export import export_onnx
     from spinenet.deploy.image2bin import image2bin
-    from spinenet.deploy.precision import convert_to_fp16, name_unnamed_nodes, postprocess_nodes
+    from spinenet.deploy.precision import emulate_fp16, name_unnamed_nodes, postprocess_nodes
     from spinenet.engine.checkpoint import load_model
 
     model, _ = load_model(CKPT)
@@ -124,7 +184,7 @@ def _paths(work: Path, data: Path, size: int, paths, reference_ap: float | None,
             name_unnamed_nodes(proto)
             kept = postprocess_nodes(proto) if keep else []
             path = run / "model_fp16.onnx"
-            onnx.save(convert_to_fp16(proto, kept), path)
+            onnx.save(emulate_fp16(proto, kept), path)
         _quiet(cli, ["infer", "--model", str(path), "--input", str(work / "bins"), "--output", str(run / "out"),
                      "--threads", str(threads), "--quiet"])
         out = next(d for d in sorted((run / "out").iterdir()) if d.is_dir())

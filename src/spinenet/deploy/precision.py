@@ -150,7 +150,7 @@ def write_keep_dtype(names: Iterable[str], path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: node names ATC's --keep_dtype file can't hold (one name per line, no spaces): "
                          f"{bad[:5]}; rename those nodes in the ONNX graph")
     if not re.match(ATC_PRECISION["keep_dtype_path"], str(path)):
-        raise ValueError(f"{path}: ATC takes --keep_dtype paths of letters, digits, _ - . : only; "
+        raise ValueError(f"{path}: ATC takes --keep_dtype paths of letters, digits, _ - . : / only; "
                          "choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -164,14 +164,88 @@ def write_keep_dtype(names: Iterable[str], path: str | os.PathLike) -> Path:
     return path
 
 
+def check_keep_dtype_request(path: str | os.PathLike, postprocess: str) -> None:
+    """Refuse, before anything is written, a ``--keep_dtype`` file ATC could not take or that would be empty."""
+    if postprocess == "none":
+        raise ValueError(f"--keep_dtype {path}: a --postprocess none export ends at the head's convolutions and has "
+                         "no post-processing nodes to keep in fp32; drop --keep_dtype or export --postprocess v1")
+    if not re.match(ATC_PRECISION["keep_dtype_path"], str(path)):
+        raise ValueError(f"--keep_dtype {path}: ATC takes paths of letters, digits, _ - . : / only; "
+                         "choose another file name")
+
+
+def write_export_keep_dtype(onnx_path: str | os.PathLike, path: str | os.PathLike) -> list[str]:
+    """Write the ``--keep_dtype`` file of an exported graph (:func:`postprocess_nodes`); returns the names."""
+    names = postprocess_nodes(onnx.load(onnx_path))
+    if not names:
+        raise ValueError(f"{onnx_path} has no post-processing nodes after its last convolution; no --keep_dtype "
+                         "file written")
+    write_keep_dtype(names, path)
+    return names
+
+
 def read_keep_dtype(path: str | os.PathLike) -> list[str]:
     """Node names and ``OpType::`` entries of a ``--keep_dtype`` file (blank lines skipped)."""
     return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
-def convert_to_fp16(proto: onnx.ModelProto, keep_fp32: Iterable[str] = ()) -> onnx.ModelProto:
-    """A copy of ``proto`` with every float32 tensor in float16 except the nodes named in ``keep_fp32``
-    (top-level node names; ``OpType::X`` entries keep every top-level node of type X); I/O dtypes unchanged."""
+def export_postprocess_alone(model, path: str | os.PathLike, image_size: tuple[int, int],
+                             pre_nms_topk: int | None = None) -> Path:
+    """The detection export's post-processing alone as an ONNX graph: inputs ``cls_3..7, box_3..7`` (float32 NCHW
+    raw maps, as a ``--postprocess none`` export returns them), outputs the first four detection outputs.
+
+    For measuring what fp16 does to box decoding, IoU and NMS with chosen maps (large boxes, say), without the
+    network in front. Same operators as the full export's post-processing (the TorchScript exporter, opset 13).
+    """
+    import warnings
+
+    import torch
+
+    from spinenet.deploy.export import DETECTION_OUTPUTS, ExportWrapper, raw_output_names
+    from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
+
+    wrapper = ExportWrapper(model, image_size=image_size).eval()
+    topk = pre_nms_topk or DEFAULT_PRE_NMS_TOPK
+
+    class PostprocessAlone(torch.nn.Module):
+        def forward(self, *maps):
+            n = len(wrapper.levels)
+            dets = generate_detections_export(dict(zip(wrapper.levels, maps[:n], strict=True)),
+                                              dict(zip(wrapper.levels, maps[n:], strict=True)), wrapper.anchors,
+                                              wrapper.image_info, model.params.postprocess, topk,
+                                              background_channel=model.head.background_channel)
+            return (dets["num_detections"], dets["detection_boxes"], dets["detection_classes"],
+                    dets["detection_scores"])
+
+    with torch.no_grad():
+        example = model(wrapper.preprocess(wrapper.example_input()))
+    names = raw_output_names(wrapper.levels[0], wrapper.levels[-1])
+    maps = tuple(example[0][lvl] for lvl in wrapper.levels) + tuple(example[1][lvl] for lvl in wrapper.levels)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(PostprocessAlone(), maps, str(path), dynamo=False, opset_version=13, input_names=list(names),
+                          output_names=list(DETECTION_OUTPUTS[:4]), do_constant_folding=True)
+    proto = onnx.load(path)
+    name_unnamed_nodes(proto)
+    onnx.save(onnx.shape_inference.infer_shapes(proto, strict_mode=True), path)
+    return path
+
+
+def emulate_fp16(proto: onnx.ModelProto, keep_fp32: Iterable[str] = ()) -> onnx.ModelProto:
+    """A copy of ``proto`` that computes as if every float tensor were float16, except in the nodes named in
+    ``keep_fp32`` (top-level node names; ``OpType::X`` keeps every top-level node of type X).
+
+    Types stay float32 (an fp16-typed graph is no measurement on a CPU: ONNX Runtime runs the operators it has no
+    fp16 kernel for in float32 and drops the Cast pairs between them, so chains of them never round: x*x/x with
+    x = 300 gives 300, not inf). Instead each fp16 node's float outputs pass through
+    ``Cast(to=FLOAT16) -> Cast(to=FLOAT)``, which rounds them (nearest even, overflow to inf, subnormals kept), and
+    float initializers and Constants feeding fp16 nodes are rounded copies. Operators that only select or move
+    values (:data:`_SELECTING_OPS`) get no Casts: with rounded inputs their outputs are fp16 values already. A
+    kept node reads the rounded outputs of its fp16 producers (ATC's Cast fp16 -> fp32 is exact) and the original
+    constants, and its outputs are not rounded. I/O dtypes unchanged.
+    """
     model = onnx.ModelProto()
     model.CopyFrom(proto)
     keep = set(keep_fp32)
@@ -181,122 +255,114 @@ def convert_to_fp16(proto: onnx.ModelProto, keep_fp32: Iterable[str] = ()) -> on
     if unknown:
         raise ValueError(f"keep_fp32 names nodes the graph lacks: {unknown[:5]} (export and list from one graph)")
     floats = float_tensors(model)
-    graph = model.graph
-    outputs = [o.name for o in graph.output if o.name in floats]
-    for name in outputs:  # the producer writes '<name>__internal' in its own dtype; a final Cast restores the name
-        _rename_tensor(graph, name, f"{name}__internal")
-        floats.add(f"{name}__internal")
-    _Converter(graph, floats, keep, kept_types).run()
-    for name in outputs:
-        graph.node.append(helper.make_node("Cast", [f"{name}__internal"], [name], to=_FLOAT,
-                                           name=f"{name}__to_fp32"))
-    _clear_value_info(graph)
+    _Emulator(model.graph, floats, keep, kept_types).run()
+    _clear_value_info(model.graph)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-class _Converter:
-    """Rewrites one graph in place: each node in its precision, Casts (or converted initializer copies) where a
-    tensor's dtype differs from what its consumer runs in."""
+# Operators whose float outputs are elements of their float inputs (or exact functions of them: Floor, Neg):
+# fp16 values in, fp16 values out, no rounding needed.
+_SELECTING_OPS = frozenset({"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Gather",
+                            "GatherElements", "Concat", "Split", "Slice", "TopK", "Where", "Max", "Min", "MaxPool",
+                            "Relu", "Clip", "Pad", "Expand", "Tile", "ReduceMax", "ReduceMin", "Neg", "Abs",
+                            "Floor", "Ceil"})
+
+
+class _Emulator:
+    """Rewrites one graph in place for :func:`emulate_fp16`. ``rounded``: float tensors holding fp16 values."""
 
     def __init__(self, graph: onnx.GraphProto, floats: set[str], keep: set[str], kept_types: set[str],
-                 all_half: bool = False, outer: _Converter | None = None):
+                 all_half: bool = False, outer: _Emulator | None = None):
         self.graph, self.floats, self.keep, self.kept_types = graph, floats, keep, kept_types
         self.all_half, self.outer = all_half, outer
-        self.home: dict[str, int] = {}  # float tensor -> its dtype in the converted graph
-        self.inits = {t.name: t for t in graph.initializer if t.data_type == _FLOAT}
-        self.cache: dict[tuple[str, int], str] = {}
+        self.rounded: set[str] = set()
+        self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == _FLOAT}
+        self.init_names = set(self.consts)
+        self.local = {x for n in graph.node for x in n.output} | {i.name for i in graph.input} | self.init_names
+        self.cache: dict[str, str] = {}
         self.new_nodes: list[onnx.NodeProto] = []
         self.new_inits: list[onnx.TensorProto] = []
 
-    def precision(self, node: onnx.NodeProto) -> int:
-        if self.all_half:
-            return _HALF
-        return _FLOAT if node.name in self.keep or node.op_type in self.kept_types else _HALF
+    def half(self, node: onnx.NodeProto) -> bool:
+        return self.all_half or not (node.name in self.keep or node.op_type in self.kept_types)
 
-    def want(self, name: str, dtype: int) -> str:
-        """A tensor holding ``name``'s value in ``dtype``: itself, a converted initializer copy, or a Cast."""
-        if name in self.inits:
-            home = _FLOAT
-        elif name in self.home:
-            home = self.home[name]
-        elif self.outer is not None:  # a body's reference to an outer-scope tensor
-            return self.outer.want(name, dtype)
-        else:
-            home = _FLOAT  # graph input
-        if home == dtype:
+    def rounded_input(self, name: str) -> str:
+        """``name`` rounded to fp16: itself, a rounded copy of a constant, or a Cast pair."""
+        if name in self.rounded:
             return name
-        key = (name, dtype)
-        if key not in self.cache:
-            suffix = "__fp16" if dtype == _HALF else "__fp32"
-            if name in self.inits:
-                array = numpy_helper.to_array(self.inits[name])
-                self.new_inits.append(numpy_helper.from_array(_cast(array, dtype), name + suffix))
+        if name not in self.local and self.outer is not None:
+            return self.outer.rounded_input(name)  # a body's reference to an outer-scope tensor
+        if name not in self.cache:
+            new = f"{name}__fp16"
+            if name in self.consts:
+                value = _round_half(self.consts[name])
+                if name in self.init_names:
+                    self.new_inits.append(numpy_helper.from_array(value, new))
+                else:
+                    self.new_nodes.append(helper.make_node("Constant", [], [new], name=f"{name}__const_fp16",
+                                                           value=numpy_helper.from_array(value)))
             else:
-                self.new_nodes.append(helper.make_node("Cast", [name], [name + suffix], to=dtype,
-                                                       name=f"{name}__cast{suffix}"))
-            self.cache[key] = name + suffix
-        return self.cache[key]
+                self.new_nodes += _cast_pair(name, new)
+            self.cache[name] = new
+        return self.cache[name]
 
     def run(self) -> None:
         graph = self.graph
         for inp in graph.input:
-            if inp.name in self.floats:
-                self.home[inp.name] = _HALF if self.all_half else _FLOAT
-                if self.all_half:
-                    inp.type.tensor_type.elem_type = _HALF
+            if self.all_half and inp.name in self.floats:
+                self.rounded.add(inp.name)  # loop-carried values: rounded where they are made
         for node in list(graph.node):
-            p = self.precision(node)
-            for i, x in enumerate(node.input):
-                if x and x in self.floats:
-                    node.input[i] = self.want(x, _FLOAT if (node.op_type, i) in _FLOAT32_ONLY_INPUTS else p)
-            if p == _HALF:
-                _node_to_half(node)
+            half = self.half(node)
+            if node.op_type == "Constant" and _float_attr(node, "value") is not None:
+                self.consts[node.output[0]] = numpy_helper.to_array(_float_attr(node, "value"))
+                self.new_nodes.append(node)
+                continue
+            if half:
+                for i, x in enumerate(node.input):
+                    if x and x in self.floats and (node.op_type, i) not in _FLOAT32_ONLY_INPUTS:
+                        node.input[i] = self.rounded_input(x)
             for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    self._subgraph(attr.g, p)
-            for out in node.output:
-                if out in self.floats:
-                    self.home[out] = p
+                if attr.type == onnx.AttributeProto.GRAPH and half:
+                    self._subgraph(attr.g)
             self.new_nodes.append(node)
-        if self.all_half:
-            for out in graph.output:
-                if out.name in self.floats:
-                    src = self.want(out.name, _HALF)
-                    if src != out.name:
-                        raise ValueError(f"subgraph output {out.name} is not computed in fp16")
-                    out.type.tensor_type.elem_type = _HALF
+            if not half:
+                continue
+            for i, out in enumerate(node.output):
+                if out not in self.floats:
+                    continue
+                if node.op_type not in _SELECTING_OPS:
+                    node.output[i] = f"{out}__fp32"
+                    self.new_nodes += _cast_pair(node.output[i], out)
+                self.rounded.add(out)
         used = {x for n in self.new_nodes for x in _all_inputs(n)} | {o.name for o in graph.output}
-        kept_inits = [t for t in graph.initializer if t.name in used]
+        nodes = [n for n in self.new_nodes if n.op_type != "Constant" or n.output[0] in used]
+        inits = [t for t in graph.initializer if t.name in used] + [t for t in self.new_inits if t.name in used]
         del graph.node[:]
-        graph.node.extend(self.new_nodes)
+        graph.node.extend(nodes)
         del graph.initializer[:]
-        graph.initializer.extend(kept_inits + [t for t in self.new_inits if t.name in used])
+        graph.initializer.extend(inits)
 
-    def _subgraph(self, body: onnx.GraphProto, p: int) -> None:
-        """A Loop/If body runs wholly in its node's precision; outer tensors it reads come in that dtype."""
+    def _subgraph(self, body: onnx.GraphProto) -> None:
+        """An fp16 Loop/If body runs wholly in fp16; the outer tensors it reads come rounded."""
         local = {x for n in body.node for x in n.output} | {i.name for i in body.input} | \
                 {t.name for t in body.initializer}
         outer_refs = {x for n in body.node for x in _all_inputs(n) if x and x not in local and x in self.floats}
         for x in sorted(outer_refs):
-            _rename_tensor(body, x, self.want(x, p))
-        if p == _HALF:
-            _Converter(body, self.floats, set(), set(), all_half=True, outer=self).run()
+            _rename_tensor(body, x, self.rounded_input(x))
+        _Emulator(body, self.floats, set(), set(), all_half=True, outer=self).run()
 
 
-def _node_to_half(node: onnx.NodeProto) -> None:
-    """Dtype-carrying attributes of a node that runs in fp16."""
-    if node.op_type == "Cast":
-        for attr in node.attribute:
-            if attr.name == "to" and attr.i == _FLOAT:
-                attr.i = _HALF
-    elif node.op_type in ("Constant", "ConstantOfShape"):
-        tensor = _float_attr(node, "value")
-        if tensor is not None:
-            tensor.CopyFrom(numpy_helper.from_array(_cast(numpy_helper.to_array(tensor), _HALF), tensor.name))
-        elif node.op_type == "ConstantOfShape" and not any(a.name == "value" for a in node.attribute):
-            node.attribute.append(helper.make_attribute("value", numpy_helper.from_array(np.zeros(1, np.float16))))
+def _cast_pair(src: str, dst: str) -> list[onnx.NodeProto]:
+    """``dst = float32(float16(src))``: ``src`` rounded to fp16."""
+    return [helper.make_node("Cast", [src], [f"{dst}__half"], to=_HALF, name=f"{dst}__to_fp16"),
+            helper.make_node("Cast", [f"{dst}__half"], [dst], to=_FLOAT, name=f"{dst}__to_fp32")]
+
+
+def _round_half(array: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # overflow to inf is what fp16 does; the results show it
+        return array.astype(np.float16).astype(np.float32)
 
 
 def _float_attr(node: onnx.NodeProto, name: str) -> TensorProto | None:
@@ -304,11 +370,6 @@ def _float_attr(node: onnx.NodeProto, name: str) -> TensorProto | None:
         if attr.name == name and attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == _FLOAT:
             return attr.t
     return None
-
-
-def _cast(array: np.ndarray, dtype: int) -> np.ndarray:
-    with np.errstate(over="ignore"):  # overflow to inf is what fp16 does; callers see it in the results
-        return array.astype(np.float16 if dtype == _HALF else np.float32)
 
 
 def _all_inputs(node: onnx.NodeProto) -> list[str]:
