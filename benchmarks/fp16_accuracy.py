@@ -141,7 +141,7 @@ def large_box_maps(model, size: int) -> dict:
 
     levels = range(model.params.min_level, model.params.max_level + 1)
     anchors = model.params.anchor.num_scales * len(model.params.anchor.aspect_ratios)
-    channels = model.num_classes + int(model.head.background_channel)
+    channels = model.num_classes  # per anchor, the background channel (if any) included
     maps = {}
     for lvl in levels:
         side = size // 2**lvl
