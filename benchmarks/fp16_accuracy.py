@@ -27,6 +27,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -177,6 +178,7 @@ def _paths(work: Path, data: Path, size: int, paths, reference_ap: float | None,
     rows = []
     for i, (label, export, precision, keep) in enumerate(paths):
         run = work / f"path{i}"
+        shutil.rmtree(run / "out", ignore_errors=True)  # report reads the first run folder: no stale ones
         path = export_onnx(model, run / "model.onnx", image_size=(size, size), **export)
         kept = []
         if precision == "fp16":

@@ -1,27 +1,27 @@
-"""fp16 the way Huawei ATC compiles a model, emulated as an ONNX graph, and the ``--keep_dtype`` list that keeps
+"""fp16 the way Huawei ATC compiles a model, emulated on an ONNX graph, and the ``--keep_dtype`` list that keeps
 chosen nodes in fp32.
 
 ATC compiles with ``--precision_mode=force_fp16`` unless told otherwise (:data:`ATC_PRECISION`): every operator
 that has an fp16 implementation runs in fp16, whatever the source graph's dtype. A deployed model's accuracy on
-an Ascend NPU is therefore its accuracy with every float tensor in fp16, which :func:`convert_to_fp16` writes as
-an ONNX graph that ONNX Runtime runs on a CPU:
+an Ascend NPU is therefore its accuracy with every float tensor in fp16. :func:`emulate_fp16` rewrites an
+exported graph so that ONNX Runtime computes it that way on a CPU:
 
-* every float32 tensor becomes float16: initializers and Constant values (numpy rounding: nearest even,
-  subnormals kept, overflow to inf), ``Cast(to=FLOAT)``, ConstantOfShape values, loop-carried values and
-  whole ``Loop``/``If`` bodies;
+* every operator's float outputs are rounded to fp16 (nearest even, overflow to inf, subnormals kept), and so
+  are the float initializers and Constants it reads; ``Loop``/``If`` bodies likewise;
 * the graph's inputs and outputs keep their dtypes (uint8 in, int32/float32 out), as ATC's do unless
-  ``--input_fp16_nodes`` / ``--output_type`` say otherwise: Casts at the edges;
-* nodes named in ``keep_fp32`` stay float32, with Casts where their inputs and outputs meet fp16 tensors: what
-  ATC does with the nodes of a ``--keep_dtype`` file (they keep the source graph's dtype).
+  ``--input_fp16_nodes`` / ``--output_type`` say otherwise;
+* nodes named in ``keep_fp32`` compute in fp32 from their (rounded) inputs and the original constants: what ATC
+  does with the nodes of a ``--keep_dtype`` file (they keep the source graph's dtype).
 
-What this measures is fp16 *storage* of every tensor with each operator computed by ONNX Runtime's CPU kernels
-(fp16 kernels where it has them, else in float32 between Casts that its graph transformer inserts): a
-convolution's products are then accumulated in float32 and rounded once, as the NPU's cube unit does (fp16
-inputs, fp32 accumulation). It does not reproduce the NPU's own transcendental approximations (Exp, Sigmoid)
-or an fp16 accumulator in a vector reduction, so it is the floor of what fp16 costs, not a bound above it.
+What it measures: fp16 *storage* of every tensor, each operator computed in float32 from fp16 inputs and
+rounded once. For a convolution that is what the NPU's cube unit does (fp16 inputs, fp32 accumulation, fp16
+output); for elementwise +, -, *, / it is exactly fp16 arithmetic (float32 holds the exact product of two fp16
+numbers, and rounding twice is innocuous there). It does not reproduce the NPU's own approximations of Exp and
+Sigmoid or an fp16 accumulator in a vector reduction, so it is the floor of what fp16 costs, not a bound above.
 
-:func:`postprocess_nodes` picks the nodes after the network's last convolutions (box decoding, IoU, NMS, top-k,
-score thresholds), and :func:`write_keep_dtype` writes their names in ATC's ``--keep_dtype`` format.
+:func:`postprocess_nodes` picks the nodes after the network's last convolutions (score top-k, box decoding,
+clipping, IoU, NMS, output padding), and :func:`write_keep_dtype` writes their names in ATC's ``--keep_dtype``
+format: ``spinenet export --keep_dtype FILE``.
 """
 
 from __future__ import annotations
