@@ -63,7 +63,6 @@ ATC_PRECISION = {
 _FLOAT, _HALF = TensorProto.FLOAT, TensorProto.FLOAT16
 # Inputs whose ONNX type is float32 only (Resize's and Upsample's scales): left float32 in an fp16 graph.
 _FLOAT32_ONLY_INPUTS = {("Resize", 2), ("Upsample", 1)}
-_SUBGRAPH_OPS = ("Loop", "If", "Scan")
 
 
 def name_unnamed_nodes(proto: onnx.ModelProto) -> int:
@@ -109,28 +108,34 @@ def float_tensors(proto: onnx.ModelProto) -> set[str]:
 def postprocess_nodes(proto: onnx.ModelProto) -> list[str]:
     """Names of the top-level nodes after the network's last convolutions that touch a float tensor.
 
-    A node is post-processing when a Conv lies upstream of it and none downstream: box decoding, score sigmoid,
-    top-k, clipping, IoU, NMS and output padding of a detection export (empty for a raw-maps export, whose
-    outputs are the last convolutions'). Constants are left out (ATC folds them into the consumers). Named in
-    graph order; unnamed nodes raise (run :func:`name_unnamed_nodes` first).
+    A node is post-processing when a layer (a Conv, or a MatMul/Gemm with a constant operand: the Winograd
+    head's products) lies upstream of it and none downstream: box decoding, score sigmoid, top-k, clipping, IoU,
+    NMS and output padding of a detection export (empty for a raw-maps export, whose outputs are the last
+    layers'). Constants are left out (ATC folds them into the consumers). Named in graph order; unnamed nodes
+    raise (run :func:`name_unnamed_nodes` first). Meant for ``--conv_algorithm direct`` exports (what ATC
+    takes); in a Winograd export the head's output transforms (DepthToSpace, MatMul on computed operands) come
+    after its last layer and are listed too, which keeps them fp32 and costs no accuracy.
     """
     graph = proto.graph
     floats = float_tensors(proto)
+    constant = {t.name for t in graph.initializer} | {n.output[0] for n in graph.node if n.op_type == "Constant"}
+    layer = [n.op_type in ("Conv", "ConvTranspose")
+             or (n.op_type in ("MatMul", "Gemm") and any(x in constant for x in n.input)) for n in graph.node]
     producers = {out: i for i, n in enumerate(graph.node) for out in n.output}
     feeds_conv = [False] * len(graph.node)
     after_conv = [False] * len(graph.node)
     for i, node in enumerate(graph.node):  # topological order: upstream first
-        after_conv[i] = any(after_conv[producers[x]] or graph.node[producers[x]].op_type == "Conv"
+        after_conv[i] = any(after_conv[producers[x]] or layer[producers[x]]
                             for x in _all_inputs(node) if x in producers)
     for i in range(len(graph.node) - 1, -1, -1):  # downstream first
         node = graph.node[i]
-        if node.op_type == "Conv" or feeds_conv[i]:
+        if layer[i] or feeds_conv[i]:
             for x in _all_inputs(node):
                 if x in producers:
                     feeds_conv[producers[x]] = True
     names = []
     for i, node in enumerate(graph.node):
-        if not after_conv[i] or feeds_conv[i] or node.op_type in ("Conv", "Constant"):
+        if not after_conv[i] or feeds_conv[i] or layer[i] or node.op_type == "Constant":
             continue
         if not any(x in floats for x in [*_all_inputs(node), *node.output]):
             continue
