@@ -65,6 +65,10 @@ def add_export_parser(sub) -> None:
                         "Runtime, OpenVINO; raw maps within ~1e-4 of each map's range); direct: every convolution "
                         "a plain Conv, for compilers with their own convolution engines (ATC for Ascend, TensorRT). "
                         "BN is folded into the convolutions either way")
+    p.add_argument("--keep_dtype", default=None, metavar="FILE",
+                   help="also write ATC's --keep_dtype file: the post-processing nodes (box decoding, IoU, NMS, "
+                        "top-k) to keep in fp32 when ATC compiles the rest in fp16 (its default "
+                        "--precision_mode=force_fp16); then atc ... --keep_dtype=FILE. See spinenet.deploy.precision")
     p.add_argument("--model", default="retinanet", choices=["retinanet"], help="accepted for seed compatibility")
     p.set_defaults(func=run_export)
 
@@ -126,6 +130,11 @@ def run_export(args: argparse.Namespace) -> int:
     profile = export_profile(args.target, args.cann)  # bad --target/--cann combinations fail before the model loads
     # Before the work: the folder of the .onnx must take a file (it is written there, then renamed).
     ensure_writable_dir(resolve_output_path(args.output, "model").parent, "--output folder")
+    keep_dtype = getattr(args, "keep_dtype", None)
+    if keep_dtype is not None:
+        from spinenet.deploy.precision import check_keep_dtype_request
+
+        check_keep_dtype_request(keep_dtype, args.postprocess)  # before any file is written
     print(f"loading {args.checkpoint}", flush=True)
     model, ckpt = load_for_export(args.checkpoint, args.config_file, args.params_override)
     variant = str(ckpt.get("variant") or "spinenet")
@@ -151,6 +160,12 @@ def run_export(args: argparse.Namespace) -> int:
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
           f"postprocess {args.postprocess}, {args.conv_algorithm or profile.conv_algorithm} convolutions, "
           f"{profile.describe if args.postprocess != 'none' else 'target ' + profile.target}")
+    if keep_dtype is not None:
+        from spinenet.deploy.precision import write_export_keep_dtype
+
+        names = write_export_keep_dtype(path, keep_dtype)
+        print(f"wrote {keep_dtype}: {len(names)} post-processing nodes to keep in fp32 "
+              f"(atc --precision_mode=force_fp16 --keep_dtype={keep_dtype})")
     return 0
 
 

@@ -27,6 +27,7 @@ from spinenet.deploy.host_postprocess import detector_metadata
 from spinenet.deploy.onnx_graph import annotate_loop_shapes, check_exported_model, fold_integer_constants
 from spinenet.deploy.optimize import DEFAULT_WINOGRAD_MIN_PIXELS, optimize_for_inference
 from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
+from spinenet.deploy.precision import name_unnamed_nodes
 from spinenet.deploy.targets import export_profile
 from spinenet.modeling.retinanet import RetinaNet, default_image_info
 
@@ -175,6 +176,7 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
         proto = onnx.load(tmp)
         fold_integer_constants(proto)
         annotate_loop_shapes(proto)
+        name_unnamed_nodes(proto)  # ATC's --keep_dtype and its error messages name nodes
         meta = {"spinenet.input_type": input_type, "spinenet.postprocess": postprocess,
                 "spinenet.image_size": f"{wrapper.image_size[0]},{wrapper.image_size[1]}",
                 "spinenet.batch_size": str(batch_size), "spinenet.pre_nms_topk": str(pre_nms_topk),
