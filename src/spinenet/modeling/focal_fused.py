@@ -113,7 +113,7 @@ class FocalSum(torch.autograd.Function):
         grad = torch.empty_like(logits).view(x.shape) if need_grad else None
         on_cpu = x.device.type == "cpu"
         limit = _CPU_CHUNK if on_cpu else _DEVICE_CHUNK
-        flat = torch.empty(5, min(limit, x.numel()), dtype=torch.float32, device=x.device)
+        flat = torch.empty(5, min(max(limit, num_classes), x.numel()), dtype=torch.float32, device=x.device)
         neg_inf = torch.tensor(float("-inf"), dtype=torch.float32, device=x.device)
         # The reference's thresholds (0.5 / 0.5) ignore no anchor: then the masking pass is skipped. Asking costs
         # a host read, free on the CPU only; elsewhere the mask is always applied.
@@ -125,10 +125,10 @@ class FocalSum(torch.autograd.Function):
             bufs = views.get(xc.shape)
             if bufs is None:
                 bufs = views[xc.shape] = [t[: xc.numel()].view(xc.shape) for t in flat]
-            if masked:
-                xc = torch.where(keep[index], xc, neg_inf, out=bufs[4])
-            elif xc.dtype != torch.float32:
+            if xc.dtype != torch.float32:
                 xc = bufs[4].copy_(xc)
+            if masked:  # (aliasing out and input is fine for an element-wise op)
+                xc = torch.where(keep[index], xc, neg_inf, out=bufs[4])
             parts.append(_neg_term(xc, gamma, w_neg, grad[index] if need_grad else None, bufs[:4]))
         loss = torch.stack(parts).sum()
 
