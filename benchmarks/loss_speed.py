@@ -9,9 +9,11 @@ reference of tests/modeling/test_losses_fused.py. Likewise ``reference_l2`` is t
     python benchmarks/loss_speed.py [--batch 8] [--size 640] [--reps 7] [--threads N]
 
 Inputs: SpineNet-49S-shaped head maps (levels 3-7, 9 anchors, 91 classes) with logits around the prior bias,
-targets from :func:`~spinenet.modeling.labeler.label_anchors` on random boxes (match 0.5 / unmatched 0.4, so
-some anchors are ignored). Each round times both implementations, in alternating order; the table gives the
-median and the minimum over the rounds, the ratio of medians, and how far the values and gradients differ.
+targets from :func:`~spinenet.modeling.labeler.label_anchors` on random boxes (match 0.5 / unmatched 0.5, the
+reference's, so no anchor is ignored; ``--unmatched_threshold 0.4`` times the masked path too). Each round times
+both implementations, in alternating order; the table gives the median and the minimum over the rounds, the
+ratio of medians, and how far the values and gradients differ. Then the same for the labeller's changed
+reductions and for the L2 term.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from spinenet.modeling.anchors import Anchors
-from spinenet.modeling.labeler import IGNORED, LabelerParams, label_batch
+from spinenet.modeling.labeler import IGNORED, LabelerParams, box_iou_yxyx, label_anchors, label_batch
 from spinenet.modeling.losses import LossParams, huber_loss_sum, l2_regularization, retinanet_loss
 from spinenet.modeling.postprocess import flatten_outputs
 
@@ -63,8 +65,9 @@ def reference_l2(model: nn.Module, weight_decay: float) -> Tensor:
     return weight_decay * torch.stack([w.float().pow(2).sum() for w in kernels.values()]).sum() / 2.0
 
 
-def make_inputs(batch: int, size: int, num_classes: int = 91, seed: int = 0, max_gt: int = 20):
-    """Head maps (leaf tensors) and labelled targets for ``batch`` random images of ``size``²."""
+def make_inputs(batch: int, size: int, num_classes: int = 91, seed: int = 0, max_gt: int = 20,
+                unmatched_threshold: float = 0.4):
+    """Head maps and labelled targets for ``batch`` random images of ``size``² (up to ``max_gt`` boxes each)."""
     gen = torch.Generator().manual_seed(seed)
     cls, box = {}, {}
     for level in LEVELS:
@@ -79,7 +82,7 @@ def make_inputs(batch: int, size: int, num_classes: int = 91, seed: int = 0, max
         extent = torch.rand(g, 2, generator=gen) * size * 0.4 + 8.0
         boxes = torch.cat([corner, (corner + extent).clamp(max=size)], dim=1)
         gts.append((boxes, torch.randint(1, num_classes, (g,), generator=gen)))
-    cls_t, box_t, npos = label_batch(gts, anchors, LabelerParams(0.5, 0.4))
+    cls_t, box_t, npos = label_batch(gts, anchors, LabelerParams(0.5, unmatched_threshold))
     return cls, box, cls_t, box_t, npos
 
 
@@ -127,6 +130,32 @@ def _row(name: str, times: list[float], base: float) -> str:
     return f"{name:<28} {med * 1e3:>10.1f} {min(times) * 1e3:>10.1f} {base / med:>7.2f}x"
 
 
+def _labeller_rows(size: int, reps: int, num_gt: int = 20) -> None:
+    """The reductions of ``labeler.match`` that changed (argmax + gather -> max), on one image's IoU matrix."""
+    gen = torch.Generator().manual_seed(1)
+    anchors = Anchors((size, size)).boxes
+    corner = torch.rand(num_gt, 2, generator=gen) * size * 0.8
+    gt = torch.cat([corner, corner + torch.rand(num_gt, 2, generator=gen) * size * 0.3 + 8.0], dim=1)
+    sim = box_iou_yxyx(gt, anchors)
+
+    def before():
+        matches = sim.argmax(dim=0)
+        return sim.gather(0, matches[None, :])[0], sim.argmax(dim=1)
+
+    def after():
+        return sim.max(dim=0), sim.max(dim=1).indices
+
+    assert torch.equal(before()[0], after()[0].values) and torch.equal(before()[1], after()[1])
+    assert torch.equal(sim.argmax(dim=0), after()[0].indices)
+    fns = {"argmax(0)+gather, argmax(1)": before, "max(0), max(1)": after,
+           "label_anchors (whole, new)": lambda: label_anchors(gt, torch.ones(num_gt, dtype=torch.long), anchors)}
+    times = _time(fns, max(reps, 20))
+    base = statistics.median(times["argmax(0)+gather, argmax(1)"])
+    print(f"\n{f'labeller, {num_gt} GTs x {len(anchors)}':<28} {'median ms':>10} {'min ms':>10} {'speed-up':>8}")
+    for name in fns:
+        print(_row(name, times[name], base))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -134,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num_classes", type=int, default=91)
     ap.add_argument("--reps", type=int, default=7, help="timed rounds (medians reported)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--unmatched_threshold", type=float, default=0.5,
+                    help="labeller threshold; below 0.5 some anchors are ignored (the reference uses 0.5)")
     ap.add_argument("--skip_l2", action="store_true", help="no L2 rows (they build SpineNet-49S)")
     args = ap.parse_args(argv)
     if args.threads:
@@ -142,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU: {_cpu_info()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads (OMP_NUM_THREADS="
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}), python {sys.version.split()[0]}")
-    cls0, box0, *targets = make_inputs(args.batch, args.size, k)
+    cls0, box0, *targets = make_inputs(args.batch, args.size, k, unmatched_threshold=args.unmatched_threshold)
     n_el = sum(v.numel() for v in cls0.values())
     print(f"batch {args.batch}, {args.size}x{args.size}, {k} classes: {targets[0].shape[1]} anchors, "
           f"{n_el / 1e6:.1f} M logits; {int(targets[2].sum())} positive, "
@@ -168,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print("values: " + ", ".join(f"{key} {new[key]:.6f} (rel. diff {rel[key]:.1e})" for key in ref))
     print(f"gradients: class maps max |diff| / max |grad| = {g_err:.1e}; box maps max |diff| = {b_err:.1e}")
 
+    _labeller_rows(args.size, args.reps)
     if not args.skip_l2:
         from spinenet.registry import create_model
 
@@ -183,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{'L2 fwd+bwd (SpineNet-49S)':<28} {'median ms':>10} {'min ms':>10} {'speed-up':>8}")
         for name in l2_fns:
             print(_row(name, l2_times[name], l2_base))
-        print(f"values: reference {float(reference_l2(model, 4e-5)):.8f}, "
-              f"l2_regularization {float(l2_regularization(model, 4e-5)):.8f}")
+        print(f"values: reference {float(reference_l2(model, 4e-5).detach()):.8f}, "
+              f"l2_regularization {float(l2_regularization(model, 4e-5).detach()):.8f}")
     return 0
 
 

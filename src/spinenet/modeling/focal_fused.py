@@ -31,7 +31,7 @@ from spinenet.modeling.labeler import IGNORED
 # caches and are reused, so no pass touches fresh memory (a fresh 200 MB buffer costs more in page faults
 # than the arithmetic done on it). On an accelerator the launch count matters more: few, large chunks.
 _CPU_CHUNK = 1 << 17
-_DEVICE_CHUNK = 1 << 26
+_DEVICE_CHUNK = 1 << 24
 # Smallest normal float32: σ(-x) underflows below it for x > 87.3, where softplus(x) = x to float32 precision.
 _TINY = torch.finfo(torch.float32).tiny
 
