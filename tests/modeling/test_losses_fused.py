@@ -213,3 +213,11 @@ def test_l2_foreach_equals_per_kernel_reference():
         else:
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+
+
+def test_benchmark_prints_its_table_and_ratio(capsys):
+    assert loss_speed.main(["--batch", "1", "--size", "128", "--reps", "1", "--skip_l2"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.endswith("x")}
+    assert {"reference", "fused", "argmax(0)+gather,", "max(0),"} <= set(rows)
+    assert "ratio (median reference / median fused):" in out and "rel. diff" in out

@@ -4,6 +4,10 @@
 ``model_loss = cls_loss + box_loss_weight * box_loss``; ``base_model.py``: ``l2_weight_decay * sum(l2_loss(v))``
 over the variables named ``.*(kernel|weight):0$``. Losses are computed in float32 whatever the model's dtype
 (the reference casts bfloat16 head outputs to float32 first).
+
+:func:`retinanet_loss` computes the focal term with :mod:`spinenet.modeling.focal_fused` (no one-hot, a
+hand-written gradient); :func:`focal_loss_sum` keeps the reference's element-wise formula, on which the tests
+check the fused one (and ``benchmarks/loss_speed.py`` keeps the whole one-hot ``retinanet_loss`` it replaced).
 """
 
 from __future__ import annotations
