@@ -84,7 +84,7 @@ def test_tolerance_is_tight_enough_to_see_a_wrong_alpha(inputs, reference):
 def test_every_chunking_branch_gives_the_same(inputs, reference, limit, monkeypatch):
     # 7: chunks inside one (image, anchor) block; 3K+5: a few columns; 40·K·64+1: whole (image, anchor) groups
     # at the small levels and column chunks at the large ones.
-    monkeypatch.setattr(focal_fused, "_CPU_CHUNK", limit)
+    monkeypatch.setattr(focal_fused, "_chunk_limit", lambda device: limit)
     cls, box, *targets = inputs
     _assert_same(_run(retinanet_loss, cls, box, targets), reference)
 
