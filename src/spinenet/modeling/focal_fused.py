@@ -30,9 +30,9 @@ from spinenet.modeling.labeler import IGNORED
 # Chunk sizes (elements per scratch buffer). On the CPU five float32 buffers of 2^19 elements per intra-op
 # thread (2 MB each) stay in the L2/L3 caches and are reused, so no pass touches fresh memory (a fresh 200 MB
 # buffer costs more in page faults than the arithmetic done on it); per thread, so that each parallel op has
-# enough work to amortise its barrier. Measured on the shared 2-core machine (batch 8, 640²), 1 thread: 2^17
-# 382 ms, 2^19 360 ms; 2 threads: 2^18 312 ms, 2^20 235 ms, 2^21 247 ms, 2^22 349 ms (out of the L3 cache).
-# On an accelerator the launch count matters more: few, large chunks.
+# enough work to amortise its barrier. Two interleaved runs on the shared 2-core machine (batch 8, 640²):
+# 1 thread: 2^17 382 ms, 2^19 360 ms; 2 threads: 2^18 312 ms, 2^20 235 ms, 2^21 247 ms, 2^22 349 ms (out of
+# the L3 cache). On an accelerator the launch count matters more: few, large chunks.
 _CPU_CHUNK = 1 << 19
 _CPU_CHUNK_MAX = 1 << 21
 _DEVICE_CHUNK = 1 << 24
