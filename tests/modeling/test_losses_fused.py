@@ -193,12 +193,14 @@ def test_compile_inductor_equals_eager():
 
 
 def test_l2_foreach_equals_per_kernel_reference():
-    from spinenet.registry import create_model
-
+    # Conv kernels of several shapes (one shared, one all zero: ||w|| = 0 must give gradient 0, not NaN), a
+    # frozen one and a BN layer; as in SpineNet, biases and BN parameters are not kernels.
     torch.manual_seed(0)
-    model = create_model("retinanet_spinenet49s", num_classes=3)
-    with torch.no_grad():
-        next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight.zero_()  # ||w|| = 0: grad 0
+    shared = torch.nn.Conv2d(8, 8, 3)
+    zero = torch.nn.Conv2d(8, 4, 1)
+    torch.nn.init.zeros_(zero.weight)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), shared, shared, zero,
+                                torch.nn.Conv2d(4, 83, 1).requires_grad_(False), torch.nn.Conv2d(4, 819, 3))
     grads = []
     for fn in (reference_l2, l2_regularization):
         model.zero_grad(set_to_none=True)
@@ -207,6 +209,7 @@ def test_l2_foreach_equals_per_kernel_reference():
         grads.append((value.detach(), [p.grad for p in model.parameters()]))
     (ref, ref_g), (got, got_g) = grads
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=0.0)
+    assert sum(g is not None for g in got_g) == 4  # the trainable kernels; the shared one once
     for a, b in zip(got_g, ref_g, strict=True):
         if b is None:
             assert a is None
