@@ -148,7 +148,8 @@ def _tf_argmax_matcher(sim, matched, unmatched, force):
     matches = matches * (1 - between) + -2 * between
     if force:
         ids = np.argmax(sim, 1)
-        ind = np.eye(sim.shape[1], dtype=np.float32)[ids]  # one_hot, (G, N)
+        ind = np.zeros(sim.shape, dtype=np.float32)  # one_hot(ids, N), (G, N), without an (N, N) eye
+        ind[np.arange(sim.shape[0]), ids] = 1.0
         rows = np.argmax(ind, 0)
         mask = ind.max(0) > 0
         matches = np.where(mask, rows, matches)
@@ -166,6 +167,29 @@ def test_match_equals_tf_transcription_on_random_tied_matrices(force, thresholds
         sim = (torch.randint(0, 11, (g, n), generator=gen) / 10.0).float()
         expected = _tf_argmax_matcher(sim.numpy(), *thresholds, force)
         assert match(sim, params).tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("num_gt", [1, 7, 40])
+def test_match_ties_at_training_size(num_gt, threads):
+    # The vectorised (and, with 2 threads, split) max reductions must keep the first maximum on ties at the
+    # size training uses: 76,725 anchors (640 input), IoUs quantised to tenths so that almost every column and
+    # row has tied maxima; padding rows in the middle. The small matrices above exercise no vector tail.
+    gen = torch.Generator().manual_seed(num_gt)
+    sim = (torch.randint(0, 11, (num_gt, 76_725), generator=gen) / 10.0).float()
+    valid = torch.ones(num_gt, dtype=torch.bool)
+    valid[num_gt // 2 :: 3] = num_gt == 1  # a third of the rows are padding (never the only row)
+    masked = sim.masked_fill(~valid[:, None], -1.0).numpy()
+    expected = _tf_argmax_matcher(masked[valid.numpy()], 0.5, 0.4, True)
+    rows = np.flatnonzero(valid.numpy())  # transcription row -> GT index
+    expected = np.where(expected >= 0, rows[np.clip(expected, 0, None)], expected)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = match(sim, LabelerParams(0.5, 0.4), valid)
+    finally:
+        torch.set_num_threads(before)
+    assert got.tolist() == expected.tolist()
 
 
 # --- label_anchors -----------------------------------------------------------------------------------------

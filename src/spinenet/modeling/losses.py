@@ -4,6 +4,10 @@
 ``model_loss = cls_loss + box_loss_weight * box_loss``; ``base_model.py``: ``l2_weight_decay * sum(l2_loss(v))``
 over the variables named ``.*(kernel|weight):0$``. Losses are computed in float32 whatever the model's dtype
 (the reference casts bfloat16 head outputs to float32 first).
+
+:func:`retinanet_loss` computes the focal term with :mod:`spinenet.modeling.focal_fused` (no one-hot, a
+hand-written gradient); :func:`focal_loss_sum` keeps the reference's element-wise formula, on which the tests
+check the fused one (and ``benchmarks/loss_speed.py`` keeps the whole one-hot ``retinanet_loss`` it replaced).
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinenet.modeling.labeler import IGNORED
-from spinenet.modeling.postprocess import flatten_outputs
+from spinenet.modeling.focal_fused import FocalSum, focal_sum_traced, level_targets
+from spinenet.modeling.postprocess import _check_maps, _flatten_level
 
 # The reference divides by ``normalizer + 1e-20``; a no-op in float32 once N >= 1, kept for fidelity.
 _TINY = 1e-20
@@ -72,22 +76,31 @@ def retinanet_loss(cls_outputs: dict[int, Tensor], box_outputs: dict[int, Tensor
     ``cls_loss``, ``box_loss``; the L2 term is :func:`l2_regularization`, added by the caller.
     """
     params = params or LossParams()
-    logits, deltas = flatten_outputs(cls_outputs, box_outputs, num_classes)  # (B, N, K), (B, N, 4)
-    if cls_targets.shape != logits.shape[:2] or box_targets.shape != deltas.shape:
+    levels = _check_maps(cls_outputs, box_outputs, num_classes)
+    deltas = torch.cat([_flatten_level(box_outputs[level], 4) for level in levels], dim=1)  # (B, N, 4)
+    batch = deltas.shape[0]
+    if cls_targets.shape != (batch, deltas.shape[1]) or box_targets.shape != deltas.shape:
         raise ValueError(f"targets cls {tuple(cls_targets.shape)} / box {tuple(box_targets.shape)} do not match "
-                         f"the head outputs (B, N) = {tuple(logits.shape[:2])}: were the anchors built for "
+                         f"the head outputs (B, N) = {(batch, deltas.shape[1])}: were the anchors built for "
                          "another image size or anchor configuration?")
     # The reference sums num_positives over its local batch and adds 1.0 (no moving average, momentum 0).
     normalizer = num_positives.float().sum() + 1.0
+    denominator = normalizer + _TINY
 
-    # one_hot(-1 or -2) is an all-zero row in TF, so background channel 0 and negatives are all-zero targets.
-    cls_targets = cls_targets.long()
-    onehot = F.one_hot(cls_targets.clamp(min=0), num_classes) * (cls_targets >= 0)[..., None]  # (B, N, K)
-    # The reference multiplies the per-element loss by 0 for ignored anchors; `where` gives the same sum for
-    # finite values and keeps a non-finite ignored logit out of the loss and its gradient.
-    keep = (cls_targets != IGNORED)[..., None]  # (B, N, 1)
-    focal = _focal_elements(logits, onehot, params.focal_loss_alpha, params.focal_loss_gamma)
-    cls_loss = torch.where(keep, focal, torch.zeros_like(focal)).sum() / (normalizer + _TINY)
+    # Focal loss per level, straight from the NCHW maps and the integer targets (no (B, N, K) one-hot): the
+    # reference's one_hot(-1 or -2) is an all-zero row, so negatives and background channel 0 score as
+    # negatives, a target c >= 0 makes channel c positive, and ignored anchors (-2) drop out (focal_fused.py).
+    w_neg = (1.0 - params.focal_loss_alpha) / denominator
+    w_pos = params.focal_loss_alpha / denominator
+    focal = FocalSum.apply if not torch.compiler.is_compiling() else focal_sum_traced
+    cls_loss, offset = None, 0
+    for level in levels:
+        logits = cls_outputs[level]
+        num_anchors, (height, width) = logits.shape[1] // num_classes, logits.shape[2:]
+        targets = level_targets(cls_targets, offset, num_anchors, height, width)
+        part = focal(logits, targets, w_neg, w_pos, params.focal_loss_gamma, num_classes)
+        cls_loss = part if cls_loss is None else cls_loss + part
+        offset += num_anchors * height * width
 
     box_loss = huber_loss_sum(deltas, box_targets, params.huber_loss_delta) / (normalizer * 4.0 + _TINY)
     total = cls_loss + params.box_loss_weight * box_loss
@@ -118,6 +131,8 @@ def l2_regularization(model: nn.Module, weight_decay: float) -> Tensor:
     if not kernels:
         device = next(model.parameters(), torch.zeros(())).device
         return torch.zeros((), dtype=torch.float32, device=device)
-    # tf.nn.l2_loss(v) = sum(v²) / 2.
-    total = torch.stack([w.float().pow(2).sum() for w in kernels.values()]).sum()
+    # tf.nn.l2_loss(v) = sum(v²) / 2, here as ||v||² from one multi-tensor norm: on CUDA one fused kernel
+    # launch for all ~200 kernels (forward and backward) instead of three per kernel.
+    weights = [w if w.dtype == torch.float32 else w.float() for w in kernels.values()]
+    total = torch.stack(torch._foreach_norm(weights, 2)).square().sum()
     return weight_decay * total / 2.0
