@@ -160,7 +160,7 @@ def test_unwritable_html_folder_is_named(tmp_path, label_map):
     pattern = make_images(tmp_path / "images", ["a.jpg"])
     write_seed_outputs(run_folder(tmp_path), "00000", [])
     (tmp_path / "afile").write_text("")  # a file where the folder should be (root ignores permission bits)
-    with pytest.raises(ValueError, match=r"cannot write the HTML report into folder .*afile"):
+    with pytest.raises(ValueError, match=r"the HTML report's folder .*afile is a file"):
         write_report(tmp_path / "out", label_map, tmp_path / "afile" / "r.html", pattern, verbose=False)
 
 

@@ -2,6 +2,10 @@
 
 import json
 import os
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -64,12 +68,18 @@ def test_metrics_log_on_resume_drops_the_replayed_steps(tmp_path):
 
 
 def test_read_only_folder_is_refused_before_any_work(tmp_path):
+    """In a process without root's override of permission bits (setpriv drops every capability; CI runs as root)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop root's capabilities")
     tmp_path.chmod(0o555)
+    code = ("import sys, pathlib\nfrom spinenet.engine.run_dir import lock_model_dir\n"
+            "try:\n    lock_model_dir(pathlib.Path(sys.argv[1])).__enter__()\n"
+            "except ValueError as e:\n    print(e)\n    sys.exit(3)\n")
     try:
-        if os.access(tmp_path, os.W_OK):
-            pytest.skip("root writes anywhere")
-        with pytest.raises(ValueError, match=f"cannot write in {tmp_path} .*choose a writable --model_dir"):
-            with lock_model_dir(tmp_path):
-                pass
+        r = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-c", code,
+                            str(tmp_path)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 3, (r.stdout, r.stderr)
+        assert re.search(f"cannot write in {re.escape(str(tmp_path))} .*choose a writable --model_dir", r.stdout)
+        assert list(tmp_path.iterdir()) == []
     finally:
         tmp_path.chmod(0o755)

@@ -44,6 +44,7 @@ from spinenet.config import ExperimentConfig, dump_yaml
 from spinenet.convert.model_garden import BN_FIELDS, ConversionError
 from spinenet.convert.tf_bundle_writer import write_bundle, write_checkpoint_state
 from spinenet.convert.tpu import tf1_variable_layout
+from spinenet.io_checks import ensure_writable_dir
 
 __all__ = ["TPU_ACTIVATIONS", "TPU_MODEL_IDS", "TPUExportResult", "tpu_variables", "tpu_checkpoint_tensors",
            "check_tpu_config", "tpu_params", "write_tpu_checkpoint", "export_tpu"]
@@ -169,13 +170,7 @@ def _prepare_folder(output: Path, overwrite: bool) -> None:
         if found:
             raise ConversionError(f"--output {output} already holds a TF checkpoint ({found[0].name}); pass "
                                   "--overwrite to replace it, or choose an empty folder")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConversionError(f"--output {output}: can't create the folder ({e.strerror}); choose a writable "
-                              "location") from None
-    if not os.access(output, os.W_OK | os.X_OK):
-        raise ConversionError(f"--output {output} is not writable; choose a writable folder")
+    ensure_writable_dir(output, "--output")  # created if missing; a real probe file, not os.access
 
 
 def write_tpu_checkpoint(model: nn.Module, cfg: ExperimentConfig, output: str | os.PathLike, *, step: int = 0,

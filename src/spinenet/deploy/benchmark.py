@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spinenet.io_checks import write_text_atomic
+
 
 def _machine() -> str:
     import torch
@@ -128,6 +130,6 @@ def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], preci
         print(f"{r['backend']:12s} {r['batch']:5d} {str(r['postprocess']):>8s} {r['ms_per_batch']:10.1f} "
               f"{r['ms_per_batch_p90']:8.1f} {r['ms_per_image']:8.1f} {r['images_per_s']:8.2f}")
     if output:
-        Path(output).write_text(json.dumps({"model": model, "machine": machine, "rows": rows}, indent=1))
+        write_text_atomic(output, json.dumps({"model": model, "machine": machine, "rows": rows}, indent=1))
         print(f"results: {output}")
     return rows

@@ -106,7 +106,8 @@ def detect_images(images: list[str], output: str | os.PathLike, *, checkpoint: s
                 for c, s, b in zip(outs["DetectionClasses"][0][keep], scores[keep], boxes, strict=True)]
         target = targets[path]
         target.parent.mkdir(parents=True, exist_ok=True)
-        draw_detections(pixels, dets).save(target, format="JPEG", quality=92)
+        annotated = draw_detections(pixels, dets)
+        atomic_write(target, lambda f, im=annotated: im.save(f, format="JPEG", quality=92), binary=True)
         results.append({"image": str(path), "annotated": target.relative_to(out).as_posix(),  # beside this JSON
                         "size": list(pixels.shape[:2]),
                         "detections": [{"class_id": d.class_id, "class": d.name, "score": round(d.score, 5),

@@ -25,6 +25,7 @@ from spinenet.deploy.msame_flags import MsameOptions, MsameRun
 from spinenet.deploy.msame_format import timeline_dirname, write_output
 from spinenet.deploy.run_state import mark_complete, mark_started
 from spinenet.deploy.runtimes import open_session
+from spinenet.io_checks import write_text_atomic
 
 
 @dataclass
@@ -131,6 +132,4 @@ def _write_summary(result: InferResult, model, backend, device, precision, sessi
                     "p90": ordered[min(len(t) - 1, int(0.9 * len(t)))] if t else None, "count": len(t),
                     "timed": "model run only (as msame times aclmdlExecute): no file I/O"}, **extra,
     }
-    tmp = result.run_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, result.run_dir / "summary.json")
+    write_text_atomic(result.run_dir / "summary.json", json.dumps(summary, indent=1))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from spinenet.io_checks import atomic_write, write_text_atomic
+
 # The seed's serving outputs in msame order (ATC --out_nodes): name, dtype, shape without the batch dimension.
 SEED_OUTPUTS = (
     ("NumDetections", np.int32, ()),
@@ -61,12 +63,10 @@ def write_output(folder: str | os.PathLike, name: str, index: int, array: np.nda
     """Write output ``index`` of input ``name`` as msame does; returns the path."""
     folder = Path(folder)
     if outfmt == "TXT":  # msame: only the exact string "TXT" selects text, anything else is BIN
-        path = folder / f"{name}_output_{index}.txt"
-        path.write_text(format_txt(array))
-    else:
-        path = folder / f"{name}_output_{index}.bin"
-        path.write_bytes(np.ascontiguousarray(array).tobytes())
-    return path
+        # Written beside and renamed: an interrupted run leaves no half file under an output's name.
+        return write_text_atomic(folder / f"{name}_output_{index}.txt", format_txt(array))
+    data = np.ascontiguousarray(array).tobytes()
+    return atomic_write(folder / f"{name}_output_{index}.bin", lambda f: f.write(data), binary=True)
 
 
 def timeline_dirname(now: _dt.datetime | None = None) -> str:

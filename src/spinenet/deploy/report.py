@@ -31,7 +31,7 @@ from spinenet.deploy.file_patterns import describe, match_files
 from spinenet.deploy.host_postprocess import DetectionSource
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.run_state import check_run_complete
-from spinenet.io_checks import atomic_write
+from spinenet.io_checks import atomic_write, ensure_writable_dir
 
 # Distinct, readable box colours, picked per class id so a class keeps its colour across images.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
@@ -275,12 +275,7 @@ def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dic
 
 
 def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if not os.access(folder, os.W_OK):
-            raise PermissionError(13, "permission denied")
-    except OSError as e:
-        raise ValueError(f"cannot write the HTML report into folder {folder}: {e.strerror or e}") from e
+    ensure_writable_dir(folder, "the HTML report's folder")
 
 
 def _write_atomic(path: Path, write) -> None:
