@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+
+from spinenet.io_checks import write_text_atomic
 
 # Transcribed from Huawei's ATC tool manual, CANN 6.0.1 commercial edition ("ATC工具使用指南", parameters
 # --precision_mode: https://www.hiascend.com/doc_center/source/zh/canncommercial/601/inferapplicationdev/atctool/
@@ -158,15 +159,7 @@ def write_keep_dtype(names: Iterable[str], path: str | os.PathLike) -> Path:
         raise ValueError(f"{path}: ATC takes --keep_dtype paths of letters, digits, _ - . : / only; "
                          "choose another file name")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("".join(f"{n}\n" for n in names))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(path, "".join(f"{n}\n" for n in names))
 
 
 def check_keep_dtype_request(path: str | os.PathLike, postprocess: str) -> None:
