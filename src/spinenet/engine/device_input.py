@@ -126,6 +126,7 @@ class DeviceTrainLoader(TrainLoader):
         self.augment, self.device = augment, device
         augment.anchors = augment.anchors.to(device)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.ahead = 1 if self.stream is not None else 0  # batches prepared before the current one is handed over
 
     def _stage(self, raw: RawBatch):
         if self.stream is None:
@@ -157,7 +158,7 @@ class DeviceTrainLoader(TrainLoader):
                 continue
             staged = (pulled, skipped_since, self._stage(raw))
             skipped_since = []
-            if self.stream is None:
+            if not self.ahead:
                 yield self._hand_over(*staged)
                 continue
             if pending is not None:
