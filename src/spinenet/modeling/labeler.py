@@ -182,7 +182,7 @@ def match_padded(iou: Tensor, valid_rows: Tensor, params: LabelerParams | None =
 
 
 def label_padded_batch(gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor, params: LabelerParams | None = None,
-                       max_elements: int = 1 << 27) -> tuple[Tensor, Tensor, Tensor]:
+                       max_elements: int = 1 << 25) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`label_batch` of a padded batch on its device: ``gt_boxes`` (B, G, 4), ``gt_classes`` (B, G) with
     padding rows as :func:`valid_gt_mask` defines them (class -1). Same targets as :func:`label_anchors` per
     image; no host sync. Images are labelled in groups whose IoU matrix holds at most ``max_elements`` floats
@@ -207,7 +207,7 @@ def label_padded_batch(gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor, pa
         index = matches.clamp(min=0)
         cls_t = torch.where(positive, classes.gather(1, index), matches)
         gathered = boxes.gather(1, index[:, :, None].expand(-1, -1, 4))  # (b, N, 4)
-        box_t = torch.where(positive[:, :, None], encode_boxes(gathered, anchors), torch.zeros(()))
+        box_t = torch.where(positive[:, :, None], encode_boxes(gathered, anchors), 0.0)
         parts.append((cls_t, box_t, positive.sum(dim=1).to(torch.float32)))
     if len(parts) == 1:
         return parts[0]
