@@ -115,12 +115,15 @@ def resize_crop_batch(images: Tensor, geometry: Tensor, desired_size: Sequence[i
     b = torch.arange(batch, device=images.device)[:, None, None]
     rows_lo, rows_hi = y_lo[:, :, None], y_hi[:, :, None]
     cols_lo, cols_hi = x_lo[:, None, :], x_hi[:, None, :]
-    # Four corners (B, Hp, Wp, 3), normalised; then resize_bilinear_legacy's x lerp on both rows, then y's.
-    top_left, top_right = _normalised(images[b, rows_lo, cols_lo]), _normalised(images[b, rows_lo, cols_hi])
+    # Normalised once per source pixel (elementwise, so the same values as normalising the whole image first);
+    # then the four corners (B, Hp, Wp, 3), resize_bilinear_legacy's x lerp on both rows, then its y lerp.
+    source = _normalised(images)
+    top_left, top_right = source[b, rows_lo, cols_lo], source[b, rows_lo, cols_hi]
     xw = x_lerp[:, None, :, None]
     top = top_right.sub_(top_left).mul_(xw).add_(top_left)  # tl + (tr - tl) * xl (addition commutes exactly)
     del top_left
-    bottom_left, bottom_right = _normalised(images[b, rows_hi, cols_lo]), _normalised(images[b, rows_hi, cols_hi])
+    bottom_left, bottom_right = source[b, rows_hi, cols_lo], source[b, rows_hi, cols_hi]
+    del source
     bottom = bottom_right.sub_(bottom_left).mul_(xw).add_(bottom_left)
     del bottom_left
     out = bottom.sub_(top).mul_(y_lerp[:, :, None, None]).add_(top)  # top + (bottom - top) * yl
