@@ -37,10 +37,11 @@ from PIL import Image
 
 from spinenet.config import load_config
 from spinenet.data.coco import CocoDetection
+from spinenet.data.device_augment import resize_crop_batch
 from spinenet.engine.data import SeededItems, TrainCollate
 from spinenet.engine.device_input import DeviceAugment, RawItems, collate_raw
 from spinenet.modeling.anchors import Anchors
-from spinenet.modeling.labeler import LabelerParams
+from spinenet.modeling.labeler import LabelerParams, label_padded_batch
 from spinenet.registry import config_path
 
 
@@ -136,6 +137,9 @@ def main() -> None:
         raws = [r for r, _ in new[2]]
         torch.set_num_threads(args.device_threads)
         dev = timed(lambda: [augment(r) for r in raws], args.rounds)
+        size, padded = dataset.transform.output_size, dataset.transform.padded_size
+        dev_images = timed(lambda: [resize_crop_batch(r.images, r.geometry, size, padded) for r in raws], args.rounds)
+        dev_labels = timed(lambda: [label_padded_batch(r.boxes, r.classes, anchors, params) for r in raws], args.rounds)
         # The device path's batches are the CPU path's (tests/data/test_device_augment.py); checked here too.
         same = all(all(torch.equal(a, b) for a, b in zip(o[0], d, strict=True))
                    for o, d in zip(old[2], dev[2], strict=True))
@@ -145,7 +149,9 @@ def main() -> None:
     rows = [("decode only (PIL), for scale", decode, None),
             ("CPU path, worker: decode + TrainTransform + label", old, old_bytes),
             ("device path, worker: decode + draws + uint8 batch", new, new_bytes),
-            (f"device path, device part on CPU ({args.device_threads} thr)", dev, None)]
+            (f"device path, device part on CPU ({args.device_threads} thr)", dev, None),
+            ("  of which flip + jitter + crop-window resize + pad", dev_images, None),
+            ("  of which padded-batch anchor labelling", dev_labels, None)]
     print(f"\n| {'row':<58} | img/s per core | img/s wall | ms/img (CPU) | shipped/img |")
     print(f"|{'-' * 60}|---------------:|-----------:|-------------:|------------:|")
     for name, (cpu, wall, _), shipped in rows:

@@ -112,17 +112,25 @@ def resize_crop_batch(images: Tensor, geometry: Tensor, desired_size: Sequence[i
     mirror = (in_w - 1)[:, None]
     x_lo = torch.where(flip[:, None] > 0, mirror - x_lo, x_lo)
     x_hi = torch.where(flip[:, None] > 0, mirror - x_hi, x_hi)
-    b = torch.arange(batch, device=images.device)[:, None, None]
-    rows_lo, rows_hi = y_lo[:, :, None], y_hi[:, :, None]
-    cols_lo, cols_hi = x_lo[:, None, :], x_hi[:, None, :]
     # Normalised once per source pixel (elementwise, so the same values as normalising the whole image first);
-    # then the four corners (B, Hp, Wp, 3), resize_bilinear_legacy's x lerp on both rows, then its y lerp.
-    source = _normalised(images)
-    top_left, top_right = source[b, rows_lo, cols_lo], source[b, rows_lo, cols_hi]
+    # then the four corners (B, Hp, Wp, 3) by flat pixel index (index_select of 3-float rows: ~2x faster on the
+    # CPU than a 3-tensor advanced index), resize_bilinear_legacy's x lerp on both rows, then its y lerp.
+    height, width = images.shape[1:3]
+    source = _normalised(images).view(-1, 3)
+    index_dtype = torch.int32 if source.shape[0] < 2**31 else torch.long
+    image_base = torch.arange(batch, device=images.device)[:, None] * height
+    rows_lo = ((image_base + y_lo) * width).to(index_dtype)[:, :, None]  # (B, Hp, 1)
+    rows_hi = ((image_base + y_hi) * width).to(index_dtype)[:, :, None]
+    cols_lo, cols_hi = x_lo.to(index_dtype)[:, None, :], x_hi.to(index_dtype)[:, None, :]  # (B, 1, Wp)
+
+    def corner(pixels: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+        return pixels.index_select(0, (rows + cols).view(-1)).view(batch, pad_h, pad_w, 3)
+
+    top_left, top_right = corner(source, rows_lo, cols_lo), corner(source, rows_lo, cols_hi)
     xw = x_lerp[:, None, :, None]
     top = top_right.sub_(top_left).mul_(xw).add_(top_left)  # tl + (tr - tl) * xl (addition commutes exactly)
     del top_left
-    bottom_left, bottom_right = source[b, rows_hi, cols_lo], source[b, rows_hi, cols_hi]
+    bottom_left, bottom_right = corner(source, rows_hi, cols_lo), corner(source, rows_hi, cols_hi)
     del source
     bottom = bottom_right.sub_(bottom_left).mul_(xw).add_(bottom_left)
     del bottom_left
