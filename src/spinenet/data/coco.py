@@ -214,6 +214,13 @@ class CocoDetection(Dataset):
                   "file_name": rec.file_name}
         return out.image, target
 
+    def read_image(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | SkippedImage:
+        """Item ``index`` decoded but not transformed: ``(pixels (H, W, 3) uint8 RGB, boxes (G, 4) normalised
+        yxyx, classes (G,))`` — what the device input path's workers ship — or a :class:`SkippedImage`."""
+        rec = self.records[index]
+        pixels = self._read_image(rec)
+        return pixels if isinstance(pixels, SkippedImage) else (pixels, rec.boxes, rec.classes)
+
     def _read_image(self, rec: _Record) -> np.ndarray | SkippedImage:
         """(H, W, 3) uint8 RGB, EXIF orientation applied; a SkippedImage (recorded and logged) if unusable."""
         path = self.image_dir / rec.file_name

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     from spinenet.config import ExperimentConfig
 
 __all__ = [
-    "IMAGE_MEAN", "IMAGE_STD", "EvalTransform", "ResizeCropResult", "TrainTransform", "TransformOutput",
-    "compute_padded_size", "horizontal_flip", "normalize_image", "resize_and_crop", "resize_bilinear_legacy",
+    "IMAGE_MEAN", "IMAGE_STD", "CropGeometry", "EvalTransform", "ResizeCropResult", "TrainTransform", "TransformOutput",
+    "compute_padded_size", "crop_boxes", "crop_geometry", "horizontal_flip", "normalize_image", "resize_and_crop",
+    "resize_bilinear_legacy",
 ]
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -97,6 +98,52 @@ class ResizeCropResult(NamedTuple):
     keep: Tensor  # (G',) long: indices into the input boxes that survived
 
 
+class CropGeometry(NamedTuple):
+    image_size: Tensor  # (2,) float32 [H, W] of the source
+    desired: Tensor  # (2,) float32 [desired_h, desired_w]
+    scaled: Tensor  # (2,) float32 [h, w] of the resized (jittered) image, whole numbers
+    image_scale: Tensor  # (2,) float32 [y_scale, x_scale] = scaled / image_size
+    offset: Tensor  # (2,) int64 [y, x]: top-left of the crop window in the resized image
+
+
+def crop_geometry(in_h: int, in_w: int, desired_size: Sequence[int], scale_min: float = 1.0, scale_max: float = 1.0,
+                  generator: torch.Generator | None = None) -> CropGeometry:
+    """The scalar half of ``resize_and_crop_image``: jittered size and crop offset, in float32 as the TF graph.
+
+    Jitter is on when either bound is not 1: r ~ U[min, max) (one draw), then the crop offset u ~ U[0, 1)^2 (a
+    second draw), both from ``generator``. Shared by :func:`resize_and_crop` and the device input path
+    (:mod:`spinenet.data.device_augment`), so both draw and round identically.
+    """
+    desired = torch.tensor([float(desired_size[0]), float(desired_size[1])], dtype=_F32)
+    image_size = torch.tensor([float(in_h), float(in_w)], dtype=_F32)
+    jitter = scale_min != 1.0 or scale_max != 1.0
+    if jitter:
+        r = scale_min + (scale_max - scale_min) * torch.rand((), generator=generator, dtype=_F32)
+        scaled = torch.round(r * desired)
+    else:
+        scaled = desired
+    scale = torch.minimum(scaled[0] / image_size[0], scaled[1] / image_size[1])
+    scaled = torch.round(image_size * scale)
+    image_scale = scaled / image_size  # (y_scale, x_scale)
+    if jitter:
+        max_offset = torch.clamp(scaled - desired, min=0.0)
+        offset = (max_offset * torch.rand(2, generator=generator, dtype=_F32)).long()  # truncation, as tf.cast
+    else:
+        offset = torch.zeros(2, dtype=torch.long)
+    return CropGeometry(image_size, desired, scaled, image_scale, offset)
+
+
+def crop_boxes(boxes: Tensor, geo: CropGeometry, padded_size: Sequence[int]) -> tuple[Tensor, Tensor]:
+    """``resize_and_crop_boxes`` + empty-box filtering: (G', 4) yxyx network-input pixels and the kept indices."""
+    pad_h, pad_w = int(padded_size[0]), int(padded_size[1])
+    boxes = torch.as_tensor(boxes, dtype=_F32).reshape(-1, 4)
+    boxes = boxes * geo.image_scale.repeat(2) - geo.offset.to(_F32).repeat(2)
+    limit = torch.tensor([pad_h - 1.0, pad_w - 1.0] * 2, dtype=_F32)
+    boxes = torch.maximum(torch.minimum(boxes, limit), torch.zeros(()))
+    keep = torch.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).flatten()
+    return boxes[keep], keep
+
+
 def resize_and_crop(image: Tensor, boxes: Tensor, desired_size: Sequence[int], padded_size: Sequence[int],
                     scale_min: float = 1.0, scale_max: float = 1.0,
                     generator: torch.Generator | None = None) -> ResizeCropResult:
@@ -113,26 +160,12 @@ def resize_and_crop(image: Tensor, boxes: Tensor, desired_size: Sequence[int], p
     ``clip_boxes``; that equals ``desired - 1`` whenever desired is a multiple of 2**max_level (every config).
     """
     _, in_h, in_w = image.shape
-    desired = torch.tensor([float(desired_size[0]), float(desired_size[1])], dtype=_F32)
     pad_h, pad_w = int(padded_size[0]), int(padded_size[1])
     if pad_h < desired_size[0] or pad_w < desired_size[1]:
         raise ValueError(f"padded_size {tuple(padded_size)} must be >= desired_size {tuple(desired_size)}")
-    image_size = torch.tensor([float(in_h), float(in_w)], dtype=_F32)
-
-    jitter = scale_min != 1.0 or scale_max != 1.0
-    if jitter:
-        r = scale_min + (scale_max - scale_min) * torch.rand((), generator=generator, dtype=_F32)
-        scaled = torch.round(r * desired)
-    else:
-        scaled = desired
-    scale = torch.minimum(scaled[0] / image_size[0], scaled[1] / image_size[1])
-    scaled = torch.round(image_size * scale)
-    image_scale = scaled / image_size  # (y_scale, x_scale)
-    if jitter:
-        max_offset = torch.clamp(scaled - desired, min=0.0)
-        offset = (max_offset * torch.rand(2, generator=generator, dtype=_F32)).long()  # truncation, as tf.cast
-    else:
-        offset = torch.zeros(2, dtype=torch.long)
+    geo = crop_geometry(in_h, in_w, desired_size, scale_min, scale_max, generator)
+    image_size, desired, scaled, image_scale, offset = (geo.image_size, geo.desired, geo.scaled, geo.image_scale,
+                                                        geo.offset)
 
     out = resize_bilinear_legacy(image, (int(scaled[0]), int(scaled[1])))
     oy, ox = int(offset[0]), int(offset[1])
@@ -140,13 +173,9 @@ def resize_and_crop(image: Tensor, boxes: Tensor, desired_size: Sequence[int], p
     # Pad after normalisation, so the padding is 0 = the mean colour (pad_to_bounding_box at (0, 0)).
     out = torch.nn.functional.pad(out, (0, pad_w - out.shape[2], 0, pad_h - out.shape[1]))
 
-    boxes = torch.as_tensor(boxes, dtype=_F32).reshape(-1, 4)
-    boxes = boxes * image_scale.repeat(2) - offset.to(_F32).repeat(2)
-    limit = torch.tensor([pad_h - 1.0, pad_w - 1.0] * 2, dtype=_F32)
-    boxes = torch.maximum(torch.minimum(boxes, limit), torch.zeros(()))
-    keep = torch.nonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).flatten()
+    boxes, keep = crop_boxes(boxes, geo, padded_size)
     image_info = torch.stack([image_size, desired, image_scale, offset.to(_F32)])  # (4, 2)
-    return ResizeCropResult(out, boxes[keep], image_info, keep)
+    return ResizeCropResult(out, boxes, image_info, keep)
 
 
 def horizontal_flip(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:

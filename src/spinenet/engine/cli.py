@@ -58,7 +58,15 @@ def add_train_parser(sub) -> None:
                         "*.superseded)")
     p.add_argument("--init_checkpoint", help="start from the weights of a spinenet checkpoint")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes per rank")
+    p.add_argument("--num_workers", type=int, default=None,
+                   help="data-loading worker processes per rank (default: min(8, CPU cores))")
+    p.add_argument("--input_pipeline", choices=["auto", "device", "cpu"], default="auto",
+                   help="where the augmentation and anchor labelling run; both give the same batches. device: the "
+                        "workers only decode JPEGs and draw the random flip/scale/crop, and ship uint8; the flip, "
+                        "scale jitter, resize of the crop window, normalisation, padding and anchor labelling run "
+                        "batched on the training device (on CUDA, the next batch on a side stream). cpu: all of it "
+                        "in the workers, shipping float32 images and targets (the earlier path). auto (default): "
+                        "device on CUDA, cpu on a CPU-only run")
     p.add_argument("--accum_steps", type=int, default=1, help="micro-batches accumulated per optimiser step")
     p.add_argument("--eval_every", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     p.add_argument("--checkpoint_every", type=int, default=500, help="save every N steps (and at the end)")
@@ -99,8 +107,12 @@ def run_train(args: argparse.Namespace) -> int:
                              "(or use --val_data ANNOTATIONS IMAGES)")
         val = (args.val_json_file, args.validation_file_pattern)
     cfg = _resolve_config(args)
+    from spinenet.engine.device_input import default_num_workers
+
+    workers = default_num_workers() if args.num_workers is None else args.num_workers
     opts = TrainOptions(model_dir=Path(args.model_dir), train_data=tuple(args.train_data), val_data=val,
-                        device=args.device, num_workers=args.num_workers, accum_steps=args.accum_steps,
+                        device=args.device, num_workers=workers, input_pipeline=args.input_pipeline,
+                        accum_steps=args.accum_steps,
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         resume=args.resume or bool(args.resume_from), resume_from=args.resume_from,
                         init_checkpoint=args.init_checkpoint, channels_last=args.channels_last,

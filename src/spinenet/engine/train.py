@@ -27,7 +27,8 @@ from spinenet.engine.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from spinenet.engine.data import DataPosition, build_eval_loader, build_train_loader, rng_isolated, skipped_report
+from spinenet.engine.data import DataPosition, build_eval_loader, rng_isolated, skipped_report
+from spinenet.engine.device_input import build_train_input, default_num_workers
 from spinenet.engine.distributed import DistInfo, init_distributed, on_main, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
 from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
@@ -49,7 +50,8 @@ class TrainOptions:
     train_data: tuple[str, str]  # (instances JSON, image folder)
     val_data: tuple[str, str] | None = None
     device: str | None = None  # auto: CUDA if available
-    num_workers: int = 2
+    num_workers: int = field(default_factory=default_num_workers)
+    input_pipeline: str = "auto"  # spinenet.engine.device_input.INPUT_PIPELINES: auto / device / cpu
     accum_steps: int = 1
     eval_every: int = 0  # steps; 0 = only at the end
     checkpoint_every: int = 500
@@ -129,8 +131,8 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
                          f"accum_steps {accum}")
     micro = global_batch // (world * accum)
     anchors = detector.anchors(tuple(cfg.retinanet_parser.output_size))
-    loader = build_train_loader(cfg, opts.train_data, micro, anchors, dist_info, opts.seed, opts.num_workers,
-                                position, device.type == "cuda")
+    loader = build_train_input(cfg, opts.train_data, micro, anchors, dist_info, opts.seed, opts.num_workers, position,
+                               device, opts.input_pipeline)
     evaluator = eval_loader = None
     if opts.val_data is not None:
         evaluator = CocoEvaluator(opts.val_data[0])

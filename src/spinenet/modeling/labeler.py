@@ -39,13 +39,13 @@ class LabelerParams:
 
 
 def box_iou_yxyx(a: Tensor, b: Tensor) -> Tensor:
-    """IoU (M, N) of yxyx boxes ``a`` (M, 4) and ``b`` (N, 4).
+    """IoU (..., M, N) of yxyx boxes ``a`` (..., M, 4) and ``b`` (N, 4) (leading dims: a batch of images).
 
     TF1 ``box_list_ops.iou``: continuous areas (no +1), intersection sides clamped at 0, and IoU set to 0 where
     the intersection is 0 (so two zero-area boxes give 0, not NaN).
     """
-    ymin_a, xmin_a, ymax_a, xmax_a = a[:, None, :].unbind(-1)  # (M, 1) each
-    ymin_b, xmin_b, ymax_b, xmax_b = b[None, :, :].unbind(-1)  # (1, N) each
+    ymin_a, xmin_a, ymax_a, xmax_a = a[..., :, None, :].unbind(-1)  # (..., M, 1) each
+    ymin_b, xmin_b, ymax_b, xmax_b = b[..., None, :, :].unbind(-1)  # (1, N) each
     # In-place on fresh (M, N) buffers: with 100 GTs x 306,900 anchors (1280 input) each buffer is 120 MB.
     inter = torch.minimum(ymax_a, ymax_b).sub_(torch.maximum(ymin_a, ymin_b)).clamp_(min=0.0)  # ih
     inter.mul_(torch.minimum(xmax_a, xmax_b).sub_(torch.maximum(xmin_a, xmin_b)).clamp_(min=0.0))  # ih * iw
@@ -152,3 +152,63 @@ def label_batch(gts: Sequence[tuple[Tensor, Tensor]], anchors: Tensor,
     cls_targets, box_targets, num_positives = zip(*(label_anchors(b, c, anchors, params) for b, c in gts),
                                                   strict=True)
     return torch.stack(cls_targets), torch.stack(box_targets), torch.stack(num_positives)
+
+
+def match_padded(iou: Tensor, valid_rows: Tensor, params: LabelerParams | None = None) -> Tensor:
+    """:func:`match` of a padded batch: ``iou`` (B, G, N), ``valid_rows`` (B, G) -> (B, N), with no host sync.
+
+    The same rules per image: padding rows get IoU -1, so they lose every argmax to a real GT (IoUs are >= 0) and
+    an image with no real row gets -1 everywhere (what :func:`match` returns early); a padding row's force-match
+    claim is the sentinel G, which ``amin`` ignores.
+    """
+    params = params or LabelerParams()
+    batch, num_gt, num_anchors = iou.shape
+    if num_gt == 0:
+        return torch.full((batch, num_anchors), NEGATIVE, dtype=torch.long, device=iou.device)
+    sim = iou.masked_fill(~valid_rows[:, :, None], -1.0)
+    matched_vals, matches = sim.max(dim=1)  # (B, N); first maximum on ties, as match()
+    matched_t = torch.tensor(params.match_threshold, dtype=sim.dtype)
+    unmatched_t = torch.tensor(params.unmatched_threshold, dtype=sim.dtype)
+    matches = torch.where(matched_vals < unmatched_t, NEGATIVE, matches)
+    matches = torch.where((matched_vals >= unmatched_t) & (matched_vals < matched_t), IGNORED, matches)
+    if params.force_match:
+        best_anchor = sim.max(dim=2).indices  # (B, G)
+        rows = torch.arange(num_gt, device=sim.device).expand(batch, num_gt)
+        rows = torch.where(valid_rows, rows, num_gt)
+        claimer = torch.full((batch, num_anchors), num_gt, dtype=torch.long, device=sim.device)
+        claimer = claimer.scatter_reduce(1, best_anchor, rows, reduce="amin")  # lowest claimer, as match()
+        matches = torch.where(claimer < num_gt, claimer, matches)
+    return matches
+
+
+def label_padded_batch(gt_boxes: Tensor, gt_classes: Tensor, anchors: Tensor, params: LabelerParams | None = None,
+                       max_elements: int = 1 << 25) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`label_batch` of a padded batch on its device: ``gt_boxes`` (B, G, 4), ``gt_classes`` (B, G) with
+    padding rows as :func:`valid_gt_mask` defines them (class -1). Same targets as :func:`label_anchors` per
+    image; no host sync. Images are labelled in groups whose IoU matrix holds at most ``max_elements`` floats
+    (shapes only decide the grouping), bounding the memory at a large batch.
+    """
+    if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 4 or gt_classes.shape != gt_boxes.shape[:2]:
+        raise ValueError(f"need gt_boxes (B, G, 4) and gt_classes (B, G), got {tuple(gt_boxes.shape)} and "
+                         f"{tuple(gt_classes.shape)}")
+    batch, num_gt, _ = gt_boxes.shape
+    gt_boxes = gt_boxes.to(device=anchors.device, dtype=anchors.dtype)
+    gt_classes = gt_classes.to(device=anchors.device).long()
+    if num_gt == 0:
+        cls_t = torch.full((batch, anchors.shape[0]), NEGATIVE, dtype=torch.long, device=anchors.device)
+        return cls_t, anchors.new_zeros(batch, *anchors.shape), torch.zeros(batch, device=anchors.device)
+    group = max(1, max_elements // max(1, num_gt * anchors.shape[0]))
+    parts = []
+    for start in range(0, batch, group):
+        boxes, classes = gt_boxes[start:start + group], gt_classes[start:start + group]
+        valid = valid_gt_mask(boxes, classes)
+        matches = match_padded(box_iou_yxyx(boxes, anchors), valid, params)  # (b, N)
+        positive = matches >= 0
+        index = matches.clamp(min=0)
+        cls_t = torch.where(positive, classes.gather(1, index), matches)
+        gathered = boxes.gather(1, index[:, :, None].expand(-1, -1, 4))  # (b, N, 4)
+        box_t = torch.where(positive[:, :, None], encode_boxes(gathered, anchors), 0.0)
+        parts.append((cls_t, box_t, positive.sum(dim=1).to(torch.float32)))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))  # type: ignore[return-value]
