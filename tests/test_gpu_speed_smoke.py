@@ -19,6 +19,7 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_speed.py"
 
 pytest.importorskip("torchvision")
+pytestmark = pytest.mark.slow  # two benchmark runs and two child processes: ~30 s on an idle 2-core CPU
 
 
 def _load():
@@ -41,7 +42,9 @@ def _run(out: Path, *extra: str) -> dict:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("gpu_speed") / "tmp.json")
+    # The optional variants a CPU can run too: model.detect, and the torch.compile child (eager backend).
+    return _run(tmp_path_factory.mktemp("gpu_speed") / "tmp.json", "--variants", "detect,compile",
+                "--compile_backend", "eager", "--compile_batches", "1", "--compile_min_s", "0")
 
 
 def _positive(x) -> bool:
@@ -73,6 +76,14 @@ def test_smoke_run_has_every_row_with_positive_numbers(smoke):
         if r["what"] == "end-to-end":
             assert r["detections_per_image"] > 0, r
     assert smoke["env"]["torch"] == torch.__version__
+
+
+def test_the_optional_variants_ran_in_their_child_process(smoke):
+    variants = [(r["what"], r["variant"]) for r in smoke["rows"] if not r["done_when"]]
+    compiled = [v for v in variants if v[1].startswith("torch.compile (backend eager")]
+    assert {w for w, _ in compiled} == {"forward", "end-to-end"} and len(compiled) == 3, variants
+    assert any("model.detect" in v for _, v in variants), variants
+    assert not [n for n in smoke["notes"] if "child:" in n], smoke["notes"]
 
 
 def test_training_rows_label_inside_the_step_on_both_sides(smoke):
