@@ -244,21 +244,35 @@ def _topk_lowest_index_first(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` of ``scores`` (B, M) along dim 1, sorted descending, equal values in ascending index order.
 
     ONNX TopK guarantees that tie rule (opset 11+: "the element with the lower index will appear first"), so
-    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager mode takes every score
-    above the k-th value and, of those equal to it, the lowest-indexed ones, then orders the k winners by
-    value with a stable sort over ascending indices.
+    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager (and compiled) mode runs
+    it on keys that have no ties: the score's float32 bits as an order-preserving int32 in the high half of an
+    int64, ``2^32 - 1 - index`` in the low half (:func:`_tie_free_keys`). Static shapes, no ``nonzero``, no host
+    read, so ``torch.compile(fullgraph=True)`` and CUDA graphs capture it. Scores that float32 can't hold exactly
+    (float64) take a stable descending sort instead, the same rule at a higher cost.
     """
-    values, index = torch.topk(scores, k, dim=1)
     if torch.onnx.is_in_onnx_export():
-        return values, index
-    kth = values[:, -1:]  # (B, 1)
-    greater, equal = scores > kth, scores == kth
-    room = k - greater.sum(dim=1, keepdim=True)  # how many of the values equal to the k-th get in
-    chosen = greater | (equal & (torch.cumsum(equal, dim=1) <= room))
-    index = chosen.nonzero()[:, 1].reshape(scores.shape[0], k)  # exactly k per row, ascending
-    values = torch.gather(scores, 1, index)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
-    return torch.gather(values, 1, order), torch.gather(index, 1, order)
+        return torch.topk(scores, k, dim=1)
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        index = torch.topk(_tie_free_keys(scores), k, dim=1).indices
+    else:
+        index = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.gather(scores, 1, index), index
+
+
+def _tie_free_keys(scores: Tensor) -> Tensor:
+    """int64 keys (B, M) that order as (score descending, index ascending) and are all distinct.
+
+    A float32's bits read as int32 order like the float for non-negative values and backwards for negative ones;
+    flipping the 31 low bits of the negative ones makes the whole map monotone (IEEE total order). -0.0 is made
+    +0.0 first (they compare equal, so they must tie), NaN ranks above +inf as in ``torch.topk``. float16/bf16
+    widen to float32 exactly. M must be below 2^32.
+    """
+    x = scores.to(torch.float32)
+    x = torch.where(x == 0, torch.zeros_like(x), x)  # -0.0 == 0.0: one key for both
+    bits = x.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(scores.shape[1], dtype=torch.int64, device=scores.device)
+    return ordered * (1 << 32) + ((1 << 32) - 1 - index)
 
 
 def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParams) -> Tensor:
