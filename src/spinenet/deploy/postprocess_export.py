@@ -54,7 +54,7 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
                                image_info: Tensor, params: PostprocessParams | None = None,
                                pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK, *,
                                background_channel: bool = True, nms_rounds: int | None = None,
-                               float_sort_keys: bool = False) -> dict[str, Tensor]:
+                               float_sort_keys: bool = False, with_exact: bool = False) -> dict[str, Tensor]:
     """Static-shape twin of :func:`~spinenet.modeling.postprocess.generate_detections` (same arguments and outputs).
 
     ``cls_outputs[l]``: (B, A*K, H_l, W_l), ``box_outputs[l]``: (B, A*4, H_l, W_l); ``anchors``: (N, 4) yxyx;
@@ -69,6 +69,9 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     rounds unrolled, without ``Loop`` (:mod:`spinenet.deploy.nms_unrolled`: exact when enough, else a prefix of
     the exact detections). ``float_sort_keys``: sort the candidates' class-major indices as float32 (exact below
     2^24) rather than int64, for runtimes whose TopK takes floats only (ATC in CANN 5.0.4: float16/float32).
+    ``with_exact`` (with ``nms_rounds``): also return ``nms_exact`` (B,) bool, True where the rounds were enough for
+    the outputs to be the exact greedy NMS's (no candidate undecided, or ``max_total_size`` kept before the first
+    undecided one): the one check of a sync-free graph, read by the caller after it ran.
     """
     params = params or PostprocessParams()
     first = min(box_outputs)
@@ -104,7 +107,8 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     if nms_rounds is None:
         kept = _greedy_keep(valid.unsqueeze(1), suppress).reshape(valid.shape)  # (B, k) bool
     else:
-        kept = greedy_keep_unrolled(valid.unsqueeze(1), suppress, nms_rounds).reshape(valid.shape)
+        kept, undecided = greedy_keep_unrolled(valid.unsqueeze(1), suppress, nms_rounds, with_undecided=True)
+        kept = kept.reshape(valid.shape)
 
     # The first max_total_size kept candidates, in order: TopK on a key that falls with the position.
     slots = min(params.max_total_size, k)
@@ -122,12 +126,18 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
         out_scores = torch.cat([out_scores, out_scores.new_full((batch, extra), pad_score)], dim=1)
         out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(batch, extra, 4)], dim=1)
         out_classes = torch.cat([out_classes, out_classes.new_zeros(batch, extra)], dim=1)
-    return {
+    out = {
         "num_detections": (out_scores > pad_score).to(torch.int32).sum(dim=1, dtype=torch.int32),
         "detection_boxes": out_boxes,
         "detection_classes": out_classes.to(torch.int32),
         "detection_scores": out_scores,
     }
+    if with_exact:
+        if nms_rounds is None:
+            raise ValueError("with_exact needs nms_rounds: the Loop form is always exact")
+        # The kept list is greedy's cut at the first undecided candidate: exact once it fills every slot.
+        out["nms_exact"] = ~undecided.reshape(batch) | (kept.sum(dim=1) >= slots)
+    return out
 
 
 def _as_nchw_shape(cls: Tensor, background_channel: bool) -> Tensor:

@@ -1,0 +1,72 @@
+"""The detector captured as one graph (torch.compile, fullgraph=True): uint8 images -> the five outputs, exactly the
+eager detector's (its ``Loop`` form), with an eager redo when the unrolled NMS rounds are not enough."""
+
+import pytest
+import torch
+
+from spinenet.deploy.compiled import CompiledDetector
+from spinenet.deploy.export import ExportWrapper
+
+SIZE = 128
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want) == 5
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype and torch.equal(g, w)
+
+
+def test_fullgraph_capture_equals_eager(small_model, random_images):
+    """fullgraph=True raises on any graph break, so compiling at all is the no-break check; aot_eager traces the
+    same single graph (functionalised, as inductor gets it) without the minutes of code generation."""
+    for batch, optimized in ((1, None), (2, "direct")):
+        wrapper = ExportWrapper(small_model, batch_size=batch, image_size=(SIZE, SIZE), conv_algorithm=optimized)
+        images = random_images(batch, seed=7)
+        want = wrapper(images)
+        assert int(want[0].min()) > 0  # real detections, so the comparison means something
+        detector = CompiledDetector(wrapper, backend="aot_eager")
+        _assert_same(detector(images), want)
+        assert detector.fallbacks == 0
+
+
+def test_too_few_rounds_are_detected_and_redone_eagerly(small_model, random_images):
+    """With 1 round the graph's outputs are a cut prefix where a chain of overlapping boxes needs more rounds: the
+    ``nms_exact`` flag says so and the call is redone in the exact eager form, so the result is still the eager one."""
+    wrapper = ExportWrapper(small_model, batch_size=2, image_size=(SIZE, SIZE))
+    images = random_images(2, seed=7)
+    want = wrapper(images)
+    detector = CompiledDetector(wrapper, rounds=1, backend="aot_eager")
+    graph_outputs, exact = detector._graph(images)
+    needs_more = [not all(torch.equal(g[b], w[b]) for g, w in zip(graph_outputs, want, strict=True))
+                  for b in range(2)]
+    assert any(needs_more)  # the image is crowded enough for the test to mean something
+    assert exact.tolist() == [not n for n in needs_more]
+    _assert_same(detector(images), want)
+    assert detector.fallbacks == 1
+
+
+def test_cuda_graph_needs_a_cuda_wrapper(small_model):
+    with pytest.raises(ValueError, match="CUDA device"):
+        CompiledDetector(ExportWrapper(small_model, image_size=(SIZE, SIZE)), cuda_graph=True)
+    with pytest.raises(ValueError, match="post-processing"):
+        CompiledDetector(ExportWrapper(small_model, image_size=(SIZE, SIZE), postprocess="none"))
+
+
+@pytest.mark.slow
+def test_inductor_equals_eager(small_model, random_images):
+    """The default backend (generated C++ on the CPU; Triton and a CUDA graph on CUDA): ~2 min to compile here."""
+    wrapper = ExportWrapper(small_model, image_size=(SIZE, SIZE))
+    images = random_images(1, seed=7)
+    detector = CompiledDetector(wrapper)
+    _assert_same(detector(images), wrapper(images))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_batch1_equals_eager(small_model, random_images):
+    wrapper = ExportWrapper(small_model, image_size=(SIZE, SIZE)).to("cuda")
+    images = random_images(1, seed=7).to("cuda")
+    detector = CompiledDetector(wrapper)
+    assert detector.cuda_graph
+    want = wrapper(images)
+    for _ in range(3):  # warm-up, record, replay
+        _assert_same(detector(images), want)
