@@ -1,6 +1,8 @@
 """The detector captured as one graph (torch.compile, fullgraph=True): uint8 images -> the five outputs, exactly the
 eager detector's (its ``Loop`` form), with an eager redo when the unrolled NMS rounds are not enough."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -70,3 +72,25 @@ def test_cuda_graph_batch1_equals_eager(small_model, random_images):
     want = wrapper(images)
     for _ in range(3):  # warm-up, record, replay
         _assert_same(detector(images), want)
+
+
+def test_torch_session_runs_the_optimized_compiled_detector_when_asked():
+    """On CUDA ``TorchSession`` defaults to the optimised, compiled detector (here forced on the CPU, and run with
+    the aot_eager backend to skip code generation): same outputs as the eager optimised wrapper."""
+    import numpy as np
+
+    from spinenet.deploy.runtimes import TorchSession
+
+    ckpt = Path(__file__).resolve().parents[2] / "demo" / "shapes49s_fp16.pt"
+    plain = TorchSession(ckpt, image_size=(SIZE, SIZE))
+    assert plain.detector is plain.wrapper and plain.wrapper.model.head.background_channel
+    session = TorchSession(ckpt, image_size=(SIZE, SIZE), optimized=True)
+    assert isinstance(session.detector, CompiledDetector)
+    assert type(session.wrapper.model.backbone).__name__ == "SharedReduceSpineNet"
+    session.detector = CompiledDetector(session.wrapper, backend="aot_eager")
+    images = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3), dtype=np.uint8)
+    got = session.run(images)
+    with torch.no_grad():
+        want = session.wrapper(torch.from_numpy(images))
+    for name, w in zip(session.output_names, want, strict=True):
+        assert np.array_equal(got[name], w.numpy()), name
