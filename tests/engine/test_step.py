@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from test_train import cfg, data, opts  # noqa: F401 (data is a fixture; tests/engine is on sys.path under pytest)
 
 from spinenet.engine.step import NonFiniteLossError, StepMeter
