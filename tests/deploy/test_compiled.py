@@ -1,5 +1,6 @@
 """The detector captured as one graph (torch.compile, fullgraph=True): uint8 images -> the five outputs, exactly the
-eager detector's (its ``Loop`` form), with an eager redo when the unrolled NMS rounds are not enough."""
+eager detector's (its ``Loop`` form) with the same kernels (aot_eager), with an eager redo when the unrolled NMS
+rounds are not enough; with Inductor's generated kernels, the same detections up to float rounding."""
 
 from pathlib import Path
 
@@ -56,11 +57,23 @@ def test_cuda_graph_needs_a_cuda_wrapper(small_model):
 
 @pytest.mark.slow
 def test_inductor_equals_eager(small_model, random_images):
-    """The default backend (generated C++ on the CPU; Triton and a CUDA graph on CUDA): ~2 min to compile here."""
+    """The default backend (generated C++ on the CPU; Triton and a CUDA graph on CUDA), ~2 min to compile here.
+    Its fused elementwise kernels (sigmoid, box decoding) round differently from ATen's by a few ulp (measured:
+    boxes 5e-5 px, scores 2e-6), so the detections are the same ones (count, classes) with values within rounding;
+    the graph itself is the one the aot_eager test above checks bit for bit."""
     wrapper = ExportWrapper(small_model, image_size=(SIZE, SIZE))
     images = random_images(1, seed=7)
     detector = CompiledDetector(wrapper)
-    _assert_same(detector(images), wrapper(images))
+    want = wrapper(images)
+    assert int(want[0].min()) > 0
+    _assert_same_detections(detector(images), want)
+
+
+def _assert_same_detections(got, want):
+    (num, boxes, classes, scores, info) = got
+    assert torch.equal(num, want[0]) and torch.equal(classes, want[2]) and torch.equal(info, want[4])
+    torch.testing.assert_close(boxes, want[1], rtol=0, atol=1e-3)  # pixels
+    torch.testing.assert_close(scores, want[3], rtol=0, atol=1e-5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -71,7 +84,7 @@ def test_cuda_graph_batch1_equals_eager(small_model, random_images):
     assert detector.cuda_graph
     want = wrapper(images)
     for _ in range(3):  # warm-up, record, replay
-        _assert_same(detector(images), want)
+        _assert_same_detections(detector(images), want)
 
 
 def test_torch_session_runs_the_optimized_compiled_detector_when_asked():

@@ -8,7 +8,9 @@ tie-free int64 keys, :func:`~spinenet.deploy.postprocess_export._topk_lowest_ind
 rounds decided every output slot. That flag is read once, *after* the graph (the only host read of a call, which
 fetching the outputs needs anyway), and where it is False (a crowd of overlapping same-class boxes longer than the
 rounds: not seen on the measured data, see ``DEFAULT_NMS_ROUNDS``) the call is redone by the eager ``Loop`` form. So
-the result is always exactly the eager detector's.
+the graph's result is the eager detector's: bit for bit with the same kernels (backend "aot_eager"); with
+Inductor's generated kernels the same detections, their boxes and scores within float rounding (a few ulp: fused
+sigmoid and box decoding round differently from ATen's).
 
 CUDA graphs: on a CUDA wrapper, ``mode="reduce-overhead"`` (torch's CUDA-graph trees) replays the whole detector
 as one graph launch, the batch-1 latency path. Its outputs live in a pool that the next replay overwrites, so they
@@ -27,7 +29,7 @@ from spinenet.deploy.nms_unrolled import DEFAULT_NMS_ROUNDS
 
 class CompiledDetector:
     """``CompiledDetector(wrapper)(images)`` -> the five outputs of ``wrapper`` (an ExportWrapper with
-    post-processing), from one compiled graph, exactly equal to ``wrapper``'s eager ``Loop`` form.
+    post-processing), from one compiled graph, equal to ``wrapper``'s eager ``Loop`` form (see the module docstring).
 
     ``rounds``: greedy NMS rounds unrolled in the graph. ``cuda_graph``: capture as a CUDA graph
     (``mode="reduce-overhead"``); default: when the wrapper is on CUDA. ``fallbacks`` counts the calls redone

@@ -190,7 +190,6 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
     if state.rng is not None:  # last, so that nothing between here and the first step draws from it
         set_rng_state(state.rng)
     t_last, images_seen, metrics = time.perf_counter(), 0, {}
-    summary: dict = {}
     meter = StepMeter(device)  # loss parts and the non-finite flag stay on the device until meter.read()
 
     def read() -> dict[str, float]:
