@@ -84,3 +84,18 @@ def test_meter_reports_the_first_bad_step_and_its_parts():
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 2: total nan, cls 1, box 1, l2 1\. "
                                                  r"Training stopped; the last good checkpoint is ckpt-1.pt"):
         meter.read(last_good="ckpt-1.pt")
+
+
+def test_cuda_defaults_and_their_switches(monkeypatch):
+    """channels_last and cuDNN autotuning: on by default on CUDA only; the flags turn them off; --deterministic
+    turns autotuning off. (A torch.device("cuda") can be named without a GPU.)"""
+    from spinenet.engine.step import configure_backend, resolve_channels_last
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert resolve_channels_last(cuda, None) and not resolve_channels_last(cpu, None)
+    assert not resolve_channels_last(cuda, False) and resolve_channels_last(cpu, True)
+    assert configure_backend(cuda, None, deterministic=False) and torch.backends.cudnn.benchmark
+    assert not configure_backend(cuda, None, deterministic=True) and not torch.backends.cudnn.benchmark
+    assert not configure_backend(cuda, False, deterministic=False) and not torch.backends.cudnn.benchmark
+    assert not configure_backend(cpu, None, deterministic=False)

@@ -86,7 +86,7 @@ def _autocast(device: torch.device, precision: str):
 
 def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     """Train ``cfg`` on ``opts.train_data``; returns the final summary (steps, losses, metrics, paths)."""
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         if opts.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
@@ -94,6 +94,7 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
             return _train(cfg, opts, stack)
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = benchmark  # configure_backend's setting is the run's, not the process's
 
 
 def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStack) -> dict:
