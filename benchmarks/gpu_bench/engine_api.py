@@ -1,15 +1,13 @@
 """Everything this benchmark takes from ``spinenet train``, in one file, so that a change of the trainer's API is
 a change here only.
 
-**The step.** Today ``spinenet.engine.train._train`` runs its step inline: there is no callable step to time.
-:class:`EngineTraining` therefore rebuilds it from the very pieces ``_train`` uses, in its order, and nothing
-else: ``build_retinanet(cfg)`` moved to the device (channels-last as ``--channels_last``), SGD with the
-config's momentum, ``build_schedule(cfg)``'s learning rate set per step, ``_autocast`` (train.py's), the
-forward, ``retinanet_loss`` with ``LossParams`` from the config plus ``l2_regularization``, ``_all_finite``
-(train.py's host sync), backward, the four ``float()`` reads of the loss parts (host syncs, as today),
-``clip_grad_norm_`` at ``train.gradient_clip_norm``, ``optimizer.step()`` and ``zero_grad``. What is missing
-is the step as a public function (issue 13, item 3): once it exists (e.g. ``spinenet.engine.step``),
-:meth:`EngineTraining.step` becomes one call to it.
+**The step.** ``spinenet.engine.train._train`` runs its step inline, from the pieces of
+``spinenet.engine.step``: :class:`EngineTraining` rebuilds it from the very pieces ``_train`` uses, in its order,
+and nothing else: ``build_retinanet(cfg)`` moved to the device (channels-last as ``--channels_last``), SGD with
+the config's momentum, ``build_schedule(cfg)``'s learning rate set per step, ``_autocast`` (train.py's), the
+forward, ``retinanet_loss`` with ``LossParams`` from the config plus ``l2_regularization``, the loss parts and
+non-finite flag kept on the device by ``StepMeter`` (read every 10 steps, train.py's default ``--log_every``),
+backward, ``clip_grad_norm_`` at ``train.gradient_clip_norm``, ``optimizer.step()`` and ``zero_grad``.
 
 **Labelling.** Today ``spinenet train`` labels anchors in its loader's workers (``TrainCollate`` ->
 ``label_batch`` on the CPU). torchvision matches anchors inside its forward, so for a fair comparison the timed
@@ -91,6 +89,7 @@ class EngineTraining:
 
         torch.manual_seed(seed)
         self.cfg, self.device, self.precision, self.channels_last = cfg, device, precision, channels_last
+        self.log_every, self.meter = 10, None  # train.py's default --log_every: when the loss parts are read
         model = build_retinanet(cfg)
         model.to(device)
         if channels_last:
@@ -116,11 +115,17 @@ class EngineTraining:
         return label_batch(gts, self.anchors, self.labeler_params)
 
     def step(self, images, cls_t, box_t, npos) -> torch.Tensor:
-        """train.py's loop body for one micro-batch with ``accum_steps`` 1; returns the total loss (detached)."""
-        from spinenet.engine.train import NonFiniteLossError, _all_finite, _autocast
+        """train.py's loop body for one micro-batch with ``accum_steps`` 1; returns the total loss (detached).
+
+        As train.py: the loss parts and the non-finite flag stay on the device (:class:`StepMeter`), read only
+        every ``log_every`` steps, so the step itself has no host sync."""
+        from spinenet.engine.step import StepMeter
+        from spinenet.engine.train import _autocast
         from spinenet.modeling.losses import l2_regularization, retinanet_loss
 
         cfg, dev, model = self.cfg, self.device, self.model
+        if self.meter is None:
+            self.meter = StepMeter(dev)
         lr = self.schedule(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -133,15 +138,16 @@ class EngineTraining:
                                 model.num_classes)
         l2 = l2_regularization(model, cfg.train.l2_weight_decay)
         total = losses["total_loss"] + l2
-        if not _all_finite(total, self.dist_info):
-            raise NonFiniteLossError(f"non-finite loss at benchmark step {self.step_count}")
+        self.meter.add(total, losses["cls_loss"], losses["box_loss"], l2, 1)
         total.backward()
-        self.last_parts = [float(v.detach()) for v in (total, losses["cls_loss"], losses["box_loss"], l2)]
         if cfg.train.gradient_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.gradient_clip_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.meter.end_step(self.step_count)
         self.step_count += 1
+        if self.step_count % self.log_every == 0:  # train.py's read: raises NonFiniteLossError for a bad step
+            self.last_parts = list(self.meter.read().values())
         return total.detach()
 
     def own_bytes(self) -> int:

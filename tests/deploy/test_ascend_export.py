@@ -257,3 +257,9 @@ def test_unrolled_detections_equal_the_loop_form(seed):
         n = int(few["num_detections"][b])
         assert n <= int(ref["num_detections"][b])
         assert torch.equal(few["detection_boxes"][b, :n], ref["detection_boxes"][b, :n])
+    # The graph's own check (with_exact): True exactly where the cut outputs equal the reference's.
+    checked = generate_detections_export(cls, box, anchors, info, params, nms_rounds=32, with_exact=True)
+    assert checked["nms_exact"].tolist() == [True, True]
+    few = generate_detections_export(cls, box, anchors, info, params, nms_rounds=1, with_exact=True)
+    same = [all(torch.equal(few[key][b], ref[key][b]) for key in ref) for b in range(2)]
+    assert few["nms_exact"].tolist() == same and not all(same)

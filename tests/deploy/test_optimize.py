@@ -73,3 +73,30 @@ def test_dropping_background_keeps_every_foreground_channel(small_model, random_
 def test_unknown_algorithm_is_named(small_model):
     with pytest.raises(ValueError, match="winograd, direct"):
         optimize_for_inference(small_model, conv_algorithm="fft")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("conv_algorithm", ["direct", "winograd"])
+def test_new_modules_take_the_source_dtype(small_model, random_images, dtype, conv_algorithm):
+    """The stacked 1x1 reductions, the slimmed class predictor and the Winograd buffers are built in the source
+    model's dtype (and on its device): a float64 or bf16 model's optimised copy holds no float32 tensor and runs."""
+    import copy
+
+    from spinenet.deploy.export import ExportWrapper
+
+    source = copy.deepcopy(small_model).to(dtype)
+    fast = optimize_for_inference(source, conv_algorithm=conv_algorithm, drop_background=True, winograd_min_pixels=1)
+    tensors = dict(fast.named_parameters()) | dict(fast.named_buffers())
+    wrong = {n: t.dtype for n, t in tensors.items() if t.is_floating_point() and t.dtype != dtype}
+    assert not wrong, wrong
+    x = ExportWrapper(small_model, image_size=(SIZE, SIZE)).preprocess(random_images(1, seed=5))
+    fcls, _ = _maps(fast, x.to(dtype))
+    assert all(m.dtype == dtype for m in fcls.values())
+    if dtype == torch.float64 and conv_algorithm == "direct":  # winograd's class maps are tile-major here
+        # against the fp64 model: the rewrites are exact up to fp64 rounding
+        cls, _ = _maps(source, x.to(dtype))
+        a, k = small_model.head.num_anchors, small_model.num_classes
+        for lvl, ref in cls.items():
+            b, _, h, w = ref.shape
+            fg = ref.reshape(b, a, k, h, w)[:, :, 1:].reshape(b, a * (k - 1), h, w)
+            torch.testing.assert_close(fcls[lvl].reshape(fg.shape), fg, rtol=0, atol=1e-9 * float(fg.abs().max()))

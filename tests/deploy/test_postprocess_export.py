@@ -189,6 +189,26 @@ def test_topk_is_exact_ties_included(monkeypatch):
             assert torch.equal(values, torch.gather(scores, 1, ref)), (fn.__name__, k)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_topk_tie_rule_for_every_dtype_signed_zeros_and_infinities(dtype):
+    """The static tie rule (int64 keys from the float bits, or a stable sort for float64) is the stable sort's
+    order for negative scores, -0.0 against +0.0 (equal, so ordered by index), and +-inf."""
+    from spinenet.deploy import postprocess_export as pe
+
+    g = torch.Generator().manual_seed(1)
+    grid = torch.round(torch.randn(2, 3000, generator=g) * 3) / 4
+    grid[:, ::7] = 0.0
+    grid[:, 3::7] = -0.0
+    grid[:, 5::97] = float("inf")
+    grid[:, 6::89] = float("-inf")
+    scores = grid.to(dtype)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    for k in (1, 500, 1500, 3000):
+        values, index = pe._topk_lowest_index_first(scores, k)
+        assert torch.equal(index, order[:, :k]), k
+        assert values.dtype == dtype and torch.equal(values, torch.gather(scores, 1, order[:, :k]))
+
+
 def test_tile_major_class_maps_give_the_same_detections():
     # A Winograd class predictor hands its maps over in tile-major order, (B, 16, H/4, W/4, A*C) with element
     # [b, i*4 + j, t, u, ch] = map[b, ch, 4t + i, 4u + j]; levels whose sides are not multiples of 4 stay NCHW.

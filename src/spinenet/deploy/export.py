@@ -114,18 +114,32 @@ class ExportWrapper(nn.Module):
         return x
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return self._run(images, with_exact=False)[0]
+
+    def forward_checked(self, images: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+        """``forward``'s five outputs and ``nms_exact`` (B,) bool: whether the ``nms_rounds`` unrolled rounds
+        decided every output slot (then the outputs equal the ``Loop`` form's). Sync-free, one graph under
+        ``torch.compile``; the caller reads the flag afterwards (:class:`~spinenet.deploy.compiled.CompiledDetector`).
+        """
+        if self.postprocess == "none" or self.nms_rounds is None:
+            raise ValueError("forward_checked needs post-processing with a fixed nms_rounds")
+        return self._run(images, with_exact=True)
+
+    def _run(self, images: Tensor, with_exact: bool) -> tuple[tuple[Tensor, ...], Tensor | None]:
         expected = (self.batch_size, *self.image_size, 3)
         if tuple(images.shape) != expected:
             raise ValueError(f"{INPUT_NAME} must have shape {expected} (B, H, W, 3), got {tuple(images.shape)}")
         cls_outputs, box_outputs = self.model(self.preprocess(images))
         if self.postprocess == "none":
-            return tuple(cls_outputs[lvl] for lvl in self.levels) + tuple(box_outputs[lvl] for lvl in self.levels)
+            maps = tuple(cls_outputs[lvl] for lvl in self.levels) + tuple(box_outputs[lvl] for lvl in self.levels)
+            return maps, None
         dets = generate_detections_export(cls_outputs, box_outputs, self.anchors, self.image_info,
                                           self.model.params.postprocess, self.pre_nms_topk,
                                           background_channel=self.model.head.background_channel,
-                                          nms_rounds=self.nms_rounds, float_sort_keys=self.float_sort_keys)
+                                          nms_rounds=self.nms_rounds, float_sort_keys=self.float_sort_keys,
+                                          with_exact=with_exact)
         return (dets["num_detections"], dets["detection_boxes"], dets["detection_classes"],
-                dets["detection_scores"], _computed_copy(self.image_info))
+                dets["detection_scores"], _computed_copy(self.image_info)), dets.get("nms_exact")
 
 
 def _computed_copy(x: Tensor) -> Tensor:

@@ -32,12 +32,15 @@ from torch import Tensor
 DEFAULT_NMS_ROUNDS = 32
 
 
-def greedy_keep_unrolled(valid: Tensor, suppress: Tensor, rounds: int) -> Tensor:
+def greedy_keep_unrolled(valid: Tensor, suppress: Tensor, rounds: int, *,
+                         with_undecided: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Greedy NMS keep vector (B, 1, k) bool after ``rounds`` rounds, cut at the first undecided candidate.
 
     ``valid`` (B, 1, k) bool; ``suppress`` (B, k, k) float 0/1, [j, i] = 1 when j < i and a kept j suppresses i
     (both as for :func:`~spinenet.deploy.postprocess_export._greedy_keep`). Candidates after the first one still
     undecided are returned as not kept, so the result is always a prefix (in priority order) of greedy's list.
+    ``with_undecided=True`` also returns (B, 1) bool: some candidate is still undecided (the cut happened), for a
+    check outside the graph (:mod:`spinenet.deploy.compiled`).
     """
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
@@ -47,7 +50,8 @@ def greedy_keep_unrolled(valid: Tensor, suppress: Tensor, rounds: int) -> Tensor
     position_key = torch.arange(k, 0, -1, dtype=torch.float32, device=valid.device)
     first_undecided = torch.amax(torch.where(undecided, position_key, torch.zeros_like(position_key)), dim=-1,
                                  keepdim=True)  # (B, 1, 1); 0 when every candidate is decided
-    return kept & (position_key > first_undecided)
+    kept = kept & (position_key > first_undecided)
+    return (kept, first_undecided.squeeze(-1) > 0) if with_undecided else kept
 
 
 def _rounds(valid: Tensor, suppress: Tensor, rounds: int) -> tuple[Tensor, Tensor]:

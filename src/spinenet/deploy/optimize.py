@@ -74,9 +74,9 @@ def drop_background_channels(head: RetinaNetHead) -> None:
         return
     predict = head.class_net.predict
     a, k = head.num_anchors, head.num_classes
-    keep = torch.tensor([i * k + c for i in range(a) for c in range(1, k)])
-    slim = nn.Conv2d(predict.in_channels, len(keep), 3, padding=1, bias=predict.bias is not None)
-    slim = slim.to(device=predict.weight.device, dtype=predict.weight.dtype)
+    keep = torch.tensor([i * k + c for i in range(a) for c in range(1, k)], device=predict.weight.device)
+    slim = nn.Conv2d(predict.in_channels, len(keep), 3, padding=1, bias=predict.bias is not None,
+                     device=predict.weight.device, dtype=predict.weight.dtype)
     slim.weight.copy_(predict.weight[keep])
     if predict.bias is not None:
         slim.bias.copy_(predict.bias[keep])
@@ -185,7 +185,10 @@ class SharedReduceSpineNet(nn.Module):
             if len(users) < 2 or len({type(m.act) for m in reduces}) > 1:
                 continue
             convs = [m.conv for m in reduces]
-            stacked = nn.Conv2d(convs[0].in_channels, sum(c.out_channels for c in convs), 1)
+            # On the source's device and in its dtype: a default nn.Conv2d is fp32 on the CPU, which would make
+            # a bf16 or CUDA model's copy mix dtypes/devices (a runtime error in its first forward).
+            stacked = nn.Conv2d(convs[0].in_channels, sum(c.out_channels for c in convs), 1,
+                                device=convs[0].weight.device, dtype=convs[0].weight.dtype)
             with torch.no_grad():
                 stacked.weight.copy_(torch.cat([c.weight for c in convs]))
                 stacked.bias.copy_(torch.cat([c.bias for c in convs]))

@@ -54,7 +54,7 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
                                image_info: Tensor, params: PostprocessParams | None = None,
                                pre_nms_topk: int = DEFAULT_PRE_NMS_TOPK, *,
                                background_channel: bool = True, nms_rounds: int | None = None,
-                               float_sort_keys: bool = False) -> dict[str, Tensor]:
+                               float_sort_keys: bool = False, with_exact: bool = False) -> dict[str, Tensor]:
     """Static-shape twin of :func:`~spinenet.modeling.postprocess.generate_detections` (same arguments and outputs).
 
     ``cls_outputs[l]``: (B, A*K, H_l, W_l), ``box_outputs[l]``: (B, A*4, H_l, W_l); ``anchors``: (N, 4) yxyx;
@@ -69,6 +69,9 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     rounds unrolled, without ``Loop`` (:mod:`spinenet.deploy.nms_unrolled`: exact when enough, else a prefix of
     the exact detections). ``float_sort_keys``: sort the candidates' class-major indices as float32 (exact below
     2^24) rather than int64, for runtimes whose TopK takes floats only (ATC in CANN 5.0.4: float16/float32).
+    ``with_exact`` (with ``nms_rounds``): also return ``nms_exact`` (B,) bool, True where the rounds were enough for
+    the outputs to be the exact greedy NMS's (no candidate undecided, or ``max_total_size`` kept before the first
+    undecided one): the one check of a sync-free graph, read by the caller after it ran.
     """
     params = params or PostprocessParams()
     first = min(box_outputs)
@@ -104,7 +107,8 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
     if nms_rounds is None:
         kept = _greedy_keep(valid.unsqueeze(1), suppress).reshape(valid.shape)  # (B, k) bool
     else:
-        kept = greedy_keep_unrolled(valid.unsqueeze(1), suppress, nms_rounds).reshape(valid.shape)
+        kept, undecided = greedy_keep_unrolled(valid.unsqueeze(1), suppress, nms_rounds, with_undecided=True)
+        kept = kept.reshape(valid.shape)
 
     # The first max_total_size kept candidates, in order: TopK on a key that falls with the position.
     slots = min(params.max_total_size, k)
@@ -122,12 +126,18 @@ def generate_detections_export(cls_outputs: dict[int, Tensor], box_outputs: dict
         out_scores = torch.cat([out_scores, out_scores.new_full((batch, extra), pad_score)], dim=1)
         out_boxes = torch.cat([out_boxes, out_boxes.new_zeros(batch, extra, 4)], dim=1)
         out_classes = torch.cat([out_classes, out_classes.new_zeros(batch, extra)], dim=1)
-    return {
+    out = {
         "num_detections": (out_scores > pad_score).to(torch.int32).sum(dim=1, dtype=torch.int32),
         "detection_boxes": out_boxes,
         "detection_classes": out_classes.to(torch.int32),
         "detection_scores": out_scores,
     }
+    if with_exact:
+        if nms_rounds is None:
+            raise ValueError("with_exact needs nms_rounds: the Loop form is always exact")
+        # The kept list is greedy's cut at the first undecided candidate: exact once it fills every slot.
+        out["nms_exact"] = ~undecided.reshape(batch) | (kept.sum(dim=1) >= slots)
+    return out
 
 
 def _as_nchw_shape(cls: Tensor, background_channel: bool) -> Tensor:
@@ -244,21 +254,35 @@ def _topk_lowest_index_first(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` of ``scores`` (B, M) along dim 1, sorted descending, equal values in ascending index order.
 
     ONNX TopK guarantees that tie rule (opset 11+: "the element with the lower index will appear first"), so
-    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager mode takes every score
-    above the k-th value and, of those equal to it, the lowest-indexed ones, then orders the k winners by
-    value with a stable sort over ascending indices.
+    the exported graph is one TopK. ``torch.topk`` promises no order among ties, so eager (and compiled) mode runs
+    it on keys that have no ties: the score's float32 bits as an order-preserving int32 in the high half of an
+    int64, ``2^32 - 1 - index`` in the low half (:func:`_tie_free_keys`). Static shapes, no ``nonzero``, no host
+    read, so ``torch.compile(fullgraph=True)`` and CUDA graphs capture it. Scores that float32 can't hold exactly
+    (float64) take a stable descending sort instead, the same rule at a higher cost.
     """
-    values, index = torch.topk(scores, k, dim=1)
     if torch.onnx.is_in_onnx_export():
-        return values, index
-    kth = values[:, -1:]  # (B, 1)
-    greater, equal = scores > kth, scores == kth
-    room = k - greater.sum(dim=1, keepdim=True)  # how many of the values equal to the k-th get in
-    chosen = greater | (equal & (torch.cumsum(equal, dim=1) <= room))
-    index = chosen.nonzero()[:, 1].reshape(scores.shape[0], k)  # exactly k per row, ascending
-    values = torch.gather(scores, 1, index)
-    order = torch.sort(values, dim=1, descending=True, stable=True).indices
-    return torch.gather(values, 1, order), torch.gather(index, 1, order)
+        return torch.topk(scores, k, dim=1)
+    if scores.dtype in (torch.float32, torch.float16, torch.bfloat16):
+        index = torch.topk(_tie_free_keys(scores), k, dim=1).indices
+    else:
+        index = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.gather(scores, 1, index), index
+
+
+def _tie_free_keys(scores: Tensor) -> Tensor:
+    """int64 keys (B, M) that order as (score descending, index ascending) and are all distinct.
+
+    A float32's bits read as int32 order like the float for non-negative values and backwards for negative ones;
+    flipping the 31 low bits of the negative ones makes the whole map monotone (IEEE total order). -0.0 is made
+    +0.0 first (they compare equal, so they must tie), NaN ranks above +inf as in ``torch.topk``. float16/bf16
+    widen to float32 exactly. M must be below 2^32.
+    """
+    x = scores.to(torch.float32)
+    x = torch.where(x == 0, torch.zeros_like(x), x)  # -0.0 == 0.0: one key for both
+    bits = x.view(torch.int32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    index = torch.arange(scores.shape[1], dtype=torch.int64, device=scores.device)
+    return ordered * (1 << 32) + ((1 << 32) - 1 - index)
 
 
 def _suppression_matrix(boxes: Tensor, classes: Tensor, params: PostprocessParams) -> Tensor:

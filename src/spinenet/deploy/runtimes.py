@@ -78,12 +78,21 @@ class OnnxRuntimeSession:
 
 
 class TorchSession:
-    """The same interface over a spinenet checkpoint run eagerly in PyTorch (the exported graph's wrapper)."""
+    """The same interface over a spinenet checkpoint run in PyTorch (the exported graph's wrapper).
+
+    On the CPU: eagerly, the checkpoint's model as it is (the reference). On CUDA (``optimized`` None or True):
+    the inference rewrites of :func:`~spinenet.deploy.optimize.optimize_for_inference` ("direct": BN folded,
+    background channels dropped, widths padded to multiples of 8 for tensor cores, stacked 1x1 reductions; not
+    Winograd, which cuDNN does itself) captured as one graph and one CUDA graph
+    (:class:`~spinenet.deploy.compiled.CompiledDetector`; the first call compiles). Not run in this project's CI,
+    which has no GPU.
+    """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
-                 batch_size: int = 1, image_size: tuple[int, int] | None = None):
+                 batch_size: int = 1, image_size: tuple[int, int] | None = None, optimized: bool | None = None):
         import torch
 
+        from spinenet.deploy.compiled import CompiledDetector
         from spinenet.deploy.export import ExportWrapper
         from spinenet.engine.checkpoint import load_model
 
@@ -91,7 +100,10 @@ class TorchSession:
             torch.set_num_threads(int(threads))
         model, ckpt = load_model(path, map_location=device)
         size = image_size or tuple(ckpt["config"]["retinanet_parser"]["output_size"])
-        self.wrapper = ExportWrapper(model, batch_size=batch_size, image_size=size).to(device).eval()
+        optimized = str(device).startswith("cuda") if optimized is None else optimized
+        self.wrapper = ExportWrapper(model, batch_size=batch_size, image_size=size,
+                                     conv_algorithm="direct" if optimized else None).to(device).eval()
+        self.detector = CompiledDetector(self.wrapper) if optimized else self.wrapper
         self.path, self.device = Path(path), device
         self.input_name = "Placeholder"
         self.input_shape = (batch_size, size[0], size[1], 3)
@@ -107,7 +119,7 @@ class TorchSession:
             raise ValueError(f"{self.path.name} expects {self.input_name} of shape {self.input_shape} uint8, got "
                              f"{tuple(images.shape)} {images.dtype}")
         with torch.no_grad():
-            outs = self.wrapper(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
+            outs = self.detector(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
         return {n: o.cpu().numpy() for n, o in zip(self.output_names, outs, strict=True)}
 
 

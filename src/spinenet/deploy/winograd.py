@@ -70,14 +70,15 @@ class WinogradConv2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = int(weight.shape[1]), int(weight.shape[0])
         dtype = weight.dtype if weight.dtype.is_floating_point else torch.float32
-        self.register_buffer("u", winograd_filter_transform(weight).to(dtype).contiguous())
+        to = {"dtype": dtype, "device": weight.device}  # the source's: a CUDA/bf16 conv stays CUDA/bf16
+        self.register_buffer("u", winograd_filter_transform(weight).to(**to).contiguous())
         b = torch.zeros(self.out_channels) if bias is None else bias.detach()
-        self.register_buffer("bias", b.to(dtype).reshape(1, -1, 1, 1).clone())
+        self.register_buffer("bias", b.to(**to).reshape(1, -1, 1, 1).clone())
         bt = torch.tensor(_BT, dtype=torch.float64)
         at = torch.tensor(_AT, dtype=torch.float64)
         # kin[a*6 + b, 0, k, l] = Bᵀ[a, k] Bᵀ[b, l]; kout[i*4 + j, a*6 + b] = Aᵀ[i, a] Aᵀ[j, b]
-        self.register_buffer("kin", torch.einsum("ak,bl->abkl", bt, bt).reshape(36, 1, 6, 6).to(dtype))
-        self.register_buffer("kout", torch.einsum("ia,jb->ijab", at, at).reshape(TILE * TILE, 36).to(dtype))
+        self.register_buffer("kin", torch.einsum("ak,bl->abkl", bt, bt).reshape(36, 1, 6, 6).to(**to))
+        self.register_buffer("kout", torch.einsum("ia,jb->ijab", at, at).reshape(TILE * TILE, 36).to(**to))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> WinogradConv2d:

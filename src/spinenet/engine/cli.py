@@ -76,7 +76,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--max_steps", type=int, help="stop after N steps (the schedule still uses total_steps)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on GPU, fp32 on CPU")
-    p.add_argument("--channels_last", action="store_true", help="NHWC memory format (faster on GPUs)")
+    p.add_argument("--channels_last", action="store_true", default=None,
+                   help="NHWC memory format (the default on CUDA; faster with tensor cores)")
+    p.add_argument("--no_channels_last", dest="channels_last", action="store_false", help="NCHW on CUDA too")
+    p.add_argument("--no_cudnn_benchmark", dest="cudnn_benchmark", action="store_false", default=None,
+                   help="don't autotune cuDNN convolutions (on by default on CUDA unless --deterministic)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic kernels (for exact resumes)")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
@@ -116,6 +120,7 @@ def run_train(args: argparse.Namespace) -> int:
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         resume=args.resume or bool(args.resume_from), resume_from=args.resume_from,
                         init_checkpoint=args.init_checkpoint, channels_last=args.channels_last,
+                        cudnn_benchmark=args.cudnn_benchmark,
                         precision=args.precision, seed=args.seed, deterministic=args.deterministic,
                         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)
     train(cfg, opts)

@@ -72,13 +72,18 @@ class CocoEvaluator:
         self.image_ids.update(int(i) for i in image_ids)
 
     def gather(self) -> None:
-        """Merge the results of all ranks (no-op without torch.distributed)."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        """Merge the results of all ranks on rank 0, the only one that runs COCOeval (no-op without
+        torch.distributed); the other ranks are left with none."""
+        if not _distributed():
             return
-        parts: list = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, (self.results, sorted(self.image_ids)))
-        self.results = [r for res, _ in parts for r in res]
-        self.image_ids = {i for _, ids in parts for i in ids}
+        main = torch.distributed.get_rank() == 0
+        parts: list | None = [None] * torch.distributed.get_world_size() if main else None
+        torch.distributed.gather_object((self.results, sorted(self.image_ids)), parts, dst=0)
+        if main:
+            self.results = [r for res, _ in parts for r in res]
+            self.image_ids = {i for _, ids in parts for i in ids}
+        else:
+            self.reset()
 
     def write_results(self, path: str | os.PathLike) -> Path:
         from spinenet.io_checks import write_text_atomic
@@ -135,7 +140,17 @@ def run_evaluation(model: torch.nn.Module, loader, evaluator: CocoEvaluator, dev
         evaluator.process(dets, image_info, [t["image_id"] for t in targets])
     evaluator.gather()
     model.train(was_training)
-    return evaluator.evaluate(verbose=progress)
+    if not _distributed():
+        return evaluator.evaluate(verbose=progress)
+    # COCOeval (seconds to minutes of single-threaded Python on COCO) on rank 0 only; the others wait in the
+    # broadcast and return the same metrics, so every rank's summary agrees.
+    box = [evaluator.evaluate(verbose=progress) if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str], *, output: str | None = None,

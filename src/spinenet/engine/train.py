@@ -34,14 +34,21 @@ from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
 from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
 from spinenet.engine.run_dir import BEST_NAME, MetricsLog, list_checkpoints, lock_model_dir, write_config
 from spinenet.engine.schedule import build_schedule
+from spinenet.engine.step import (
+    NonFiniteLossError,
+    StepMeter,
+    configure_backend,
+    micro_step,
+    resolve_channels_last,
+    wrap_ddp,
+)
 from spinenet.modeling.factory import build_retinanet
 from spinenet.modeling.losses import LossParams, l2_regularization, retinanet_loss
 
 EVAL_SCALARS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
+__all__ = ["NonFiniteLossError", "TrainOptions", "train"]
 
 
 @dataclass
@@ -59,7 +66,8 @@ class TrainOptions:
     resume: bool = False
     resume_from: str | None = None  # a checkpoint to continue from (implies resume)
     init_checkpoint: str | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None  # None: on for CUDA (NHWC), off on the CPU
+    cudnn_benchmark: bool | None = None  # None: on for CUDA unless deterministic
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     seed: int = 0
     deterministic: bool = False
@@ -80,7 +88,7 @@ def _autocast(device: torch.device, precision: str):
 
 def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
     """Train ``cfg`` on ``opts.train_data``; returns the final summary (steps, losses, metrics, paths)."""
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous, benchmark = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try:
         if opts.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=False)
@@ -88,6 +96,7 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
             return _train(cfg, opts, stack)
     finally:
         torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = benchmark  # configure_backend's setting is the run's, not the process's
 
 
 def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStack) -> dict:
@@ -107,11 +116,13 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
     if _use_sync_bn(cfg, dist_info):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if opts.channels_last:
+    channels_last = resolve_channels_last(device, opts.channels_last)
+    configure_backend(device, opts.cudnn_benchmark, opts.deterministic)
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     detector = model
     if dist_info.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = wrap_ddp(model, device, opts.accum_steps)
 
     optimizer = torch.optim.SGD(detector.parameters(), lr=0.0, momentum=cfg.train.optimizer.momentum)
     if cfg.train.optimizer.type != "momentum":
@@ -182,41 +193,45 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
     if state.rng is not None:  # last, so that nothing between here and the first step draws from it
         set_rng_state(state.rng)
     t_last, images_seen, metrics = time.perf_counter(), 0, {}
-    summary: dict = {}
+    meter = StepMeter(device)  # loss parts and the non-finite flag stay on the device until meter.read()
+
+    def read() -> dict[str, float]:
+        try:
+            return meter.read(dist_info.distributed, str((list_checkpoints(model_dir) or ["(none)"])[-1]))
+        except NonFiniteLossError:
+            bar.close()
+            raise
+
     while step < last_step:
         lr = schedule(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        parts = {"total_loss": 0.0, "cls_loss": 0.0, "box_loss": 0.0, "l2_loss": 0.0}
-        for _ in range(accum):
+        for micro_index in range(accum):
             images, cls_t, box_t, npos = next(batches)
             images = images.to(device, non_blocking=True)
-            if opts.channels_last:
+            if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with _autocast(device, opts.precision):
-                cls_out, box_out = model(images)
-            losses = retinanet_loss(cls_out, box_out, cls_t.to(device), box_t.to(device), npos.to(device),
-                                    loss_params, detector.num_classes)
-            l2 = l2_regularization(detector, cfg.train.l2_weight_decay)
-            total = losses["total_loss"] + l2
-            if not _all_finite(total, dist_info):
-                bar.close()
-                raise NonFiniteLossError(
-                    f"non-finite loss at step {step}: total {total.item():.4g}, cls {losses['cls_loss'].item():.4g}, "
-                    f"box {losses['box_loss'].item():.4g}, l2 {l2.item():.4g}. Training stopped; the last good "
-                    f"checkpoint is {(list_checkpoints(model_dir) or ['(none)'])[-1]}. Lower the learning rate or "
-                    "check the data.")
-            (total / accum).backward()
+            with micro_step(model, micro_index, accum):  # DDP all-reduces on the last micro-batch only
+                with _autocast(device, opts.precision):
+                    cls_out, box_out = model(images)
+                losses = retinanet_loss(cls_out, box_out, cls_t.to(device), box_t.to(device), npos.to(device),
+                                        loss_params, detector.num_classes)
+                l2 = l2_regularization(detector, cfg.train.l2_weight_decay)
+                total = losses["total_loss"] + l2
+                meter.add(total, losses["cls_loss"], losses["box_loss"], l2, accum)  # no host read
+                (total / accum).backward()
             images_seen += images.shape[0] * world
-            for k, v in (("total_loss", total), ("cls_loss", losses["cls_loss"]), ("box_loss", losses["box_loss"]),
-                         ("l2_loss", l2)):
-                parts[k] += float(v.detach()) / accum
         if cfg.train.gradient_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(detector.parameters(), cfg.train.gradient_clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        meter.end_step(step)
         step += 1
         bar.update(1)
+        do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
+        do_save = do_eval or step == last_step or step % opts.checkpoint_every == 0
+        if step % opts.log_every == 0 or do_save:  # read before any evaluation or checkpoint sees the weights
+            parts = read()
         if step % opts.log_every == 0 or step == last_step:
             now = time.perf_counter()
             ips = images_seen / max(now - t_last, 1e-9)
@@ -225,16 +240,15 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
                             box=f"{parts['box_loss']:.4f}", lr=f"{lr:.4g}", img_s=f"{ips:.1f}")
             _log_scalars(writer, log, step, {**{f"train/{k}": v for k, v in parts.items()},
                                              "train/learning_rate": lr, "train/images_per_second": ips})
-        summary = {"step": step, **parts, "learning_rate": lr}
-        do_eval = evaluator is not None and (step == last_step or (opts.eval_every and step % opts.eval_every == 0))
         if do_eval:
             with rng_isolated():  # evaluating or not must not change what training draws
                 metrics = run_evaluation(model, eval_loader, evaluator, device,
                                          progress=opts.progress and dist_info.is_main)
             _log_scalars(writer, log, step, {f"eval/{k}": metrics[k] for k in EVAL_SCALARS})
-        if do_eval or step == last_step or step % opts.checkpoint_every == 0:
+        if do_save:
             save(metrics=metrics if do_eval else None)
     bar.close()
+    summary = {"step": step, **read(), "learning_rate": schedule(max(step - 1, 0))}
     if writer is not None:
         writer.close()
     if log is not None:
@@ -277,13 +291,6 @@ def _weights_digest(model: nn.Module, dist_info: DistInfo) -> str:
         if len(set(digests)) != 1:
             raise RuntimeError(f"ranks ended with different weights: {digests}")
     return digest
-
-
-def _all_finite(x: torch.Tensor, dist_info: DistInfo) -> bool:
-    flag = torch.tensor([float(torch.isfinite(x.detach()).all())], device=x.device)
-    if dist_info.distributed:
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)  # every rank stops together
-    return bool(flag.item() > 0)
 
 
 def _start_logs(model_dir: Path, cfg: ExperimentConfig, step: int, source, changes: dict):
