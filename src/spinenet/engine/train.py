@@ -2,7 +2,8 @@
 
 One optimisation step = ``accum_steps`` micro-batches per rank; the global batch is
 ``train.train_batch_size`` = micro-batch x accum_steps x world size. Per step: label anchors (in the data
-workers), forward (bf16 autocast on GPU, fp32 on CPU), focal + Huber loss normalised by the local
+workers, or batched on the training device with ``--input_pipeline device``: :mod:`spinenet.engine.device_input`),
+forward (bf16 autocast on GPU, fp32 on CPU), focal + Huber loss normalised by the local
 positives + 1, L2 on conv kernels inside the loss, backward, global-norm clipping, SGD momentum with the
 reference's warm-up + step schedule. Checkpoints are self-describing and atomic; ``--resume`` restores
 weights, optimiser, step, RNG states, the position in the data and the best metric so far. The folder's lock,
