@@ -79,6 +79,11 @@ def add_train_parser(sub) -> None:
     p.add_argument("--channels_last", action="store_true", default=None,
                    help="NHWC memory format (the default on CUDA; faster with tensor cores)")
     p.add_argument("--no_channels_last", dest="channels_last", action="store_false", help="NCHW on CUDA too")
+    p.add_argument("--pad_channels", type=int, default=0, metavar="MULTIPLE",
+                   help="compute every convolution at channel counts rounded up to MULTIPLE (8: tensor-core "
+                        "widths for 49S's 41/83/166/... channels and the 819/36 predictors) with channels that stay "
+                        "exactly zero: same function, parameters and checkpoints. Off by default (0) until it is "
+                        "measured faster on a GPU")
     p.add_argument("--no_cudnn_benchmark", dest="cudnn_benchmark", action="store_false", default=None,
                    help="don't autotune cuDNN convolutions (on by default on CUDA unless --deterministic)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,7 +125,7 @@ def run_train(args: argparse.Namespace) -> int:
                         eval_every=args.eval_every, checkpoint_every=args.checkpoint_every, keep_last=args.keep_last,
                         resume=args.resume or bool(args.resume_from), resume_from=args.resume_from,
                         init_checkpoint=args.init_checkpoint, channels_last=args.channels_last,
-                        cudnn_benchmark=args.cudnn_benchmark,
+                        cudnn_benchmark=args.cudnn_benchmark, pad_channels=args.pad_channels,
                         precision=args.precision, seed=args.seed, deterministic=args.deterministic,
                         max_steps=args.max_steps, log_every=args.log_every, progress=not args.no_progress)
     train(cfg, opts)

@@ -32,6 +32,7 @@ from spinenet.engine.data import DataPosition, build_eval_loader, rng_isolated, 
 from spinenet.engine.device_input import build_train_input, default_num_workers
 from spinenet.engine.distributed import DistInfo, init_distributed, on_main, rng_state, seed_everything, set_rng_state
 from spinenet.engine.evaluate import CocoEvaluator, run_evaluation
+from spinenet.engine.padded import pad_channels
 from spinenet.engine.resume import max_metric, recorded_best, resume_run, run_settings
 from spinenet.engine.run_dir import BEST_NAME, MetricsLog, list_checkpoints, lock_model_dir, write_config
 from spinenet.engine.schedule import build_schedule
@@ -68,6 +69,7 @@ class TrainOptions:
     resume_from: str | None = None  # a checkpoint to continue from (implies resume)
     init_checkpoint: str | None = None
     channels_last: bool | None = None  # None: on for CUDA (NHWC), off on the CPU
+    pad_channels: int = 0  # compute at widths rounded up to this multiple (spinenet.engine.padded); 0: off
     cudnn_benchmark: bool | None = None  # None: on for CUDA unless deterministic
     precision: str = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
     seed: int = 0
@@ -116,6 +118,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
         load_state_dict_strict(model, read_checkpoint(opts.init_checkpoint)["model"], opts.init_checkpoint)
     if _use_sync_bn(cfg, dist_info):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    pad_channels(model, opts.pad_channels)  # same parameters and checkpoints; zero channels up to the multiple
     model.to(device)
     channels_last = resolve_channels_last(device, opts.channels_last)
     configure_backend(device, opts.cudnn_benchmark, opts.deterministic)
