@@ -154,3 +154,10 @@ def test_checkpoints_keep_the_standard_layout():
 def test_bad_multiple_is_refused():
     with pytest.raises(ValueError, match="--pad_channels -8 is negative"):
         pad_channels(model_pair()[0], -8)
+
+
+def test_cross_replica_bn_is_refused_by_name():
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model_pair()[0])
+    with pytest.raises(ValueError, match=r"backbone\.stem\.norm is SyncBatchNorm .*train without --pad_channels"):
+        pad_channels(model, 8)
+    assert not any(isinstance(m, (PaddedConv2d, PaddedConv2dTF)) for m in model.modules())  # nothing half-done

@@ -124,26 +124,26 @@ def pad_channels(model: nn.Module, multiple: int) -> int:
         return 0
     image_convs = {id(model.backbone.stem.conv)}  # reads the 3-channel image
     outputs = {id(model.head.class_net.predict), id(model.head.box_net.predict)}  # sliced back to their width
+    for name, module in model.named_modules():  # everything checked before anything changes
+        if isinstance(module, _BatchNorm) and (type(module) is not nn.BatchNorm2d or not (
+                module.affine and module.track_running_stats and module.momentum is not None)):
+            raise ValueError(f"--pad_channels supports nn.BatchNorm2d with affine parameters, running statistics "
+                             f"and a momentum only; {name} is {type(module).__name__} (cross-replica BN, used beyond "
+                             "8 CUDA ranks?): train without --pad_channels")
+        if isinstance(module, nn.Conv2d) and (type(module) not in _CONV_CLASSES or module.groups != 1):
+            raise ValueError(f"--pad_channels cannot pad {name} ({type(module).__name__}, groups {module.groups}): "
+                             "train without --pad_channels")
     changed = 0
-    for name, module in model.named_modules():
-        if isinstance(module, _BatchNorm):
-            if type(module) is not nn.BatchNorm2d or not (module.affine and module.track_running_stats):
-                raise ValueError(f"--pad_channels supports nn.BatchNorm2d with affine parameters and running "
-                                 f"statistics only; {name} is {type(module).__name__} (cross-replica BN, used "
-                                 "beyond 8 CUDA ranks?): train without --pad_channels")
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
             before = module.num_features
             _pad_batchnorm(module, multiple)
             changed += _round_up(before, multiple) != before
         elif isinstance(module, nn.Conv2d):
-            cls = _CONV_CLASSES.get(type(module))
-            if cls is None or module.groups != 1:
-                raise ValueError(f"--pad_channels cannot pad {name} ({type(module).__name__}, groups "
-                                 f"{module.groups}): train without --pad_channels")
             pad_in = 0 if id(module) in image_convs else _round_up(module.in_channels, multiple) - module.in_channels
             pad_out = _round_up(module.out_channels, multiple) - module.out_channels
             if pad_in or pad_out:
-                module.__class__ = cls
+                module.__class__ = _CONV_CLASSES[type(module)]
                 module.pad_in, module.pad_out, module.slice_output = pad_in, pad_out, id(module) in outputs
                 changed += 1
     return changed
-
