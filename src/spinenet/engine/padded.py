@@ -45,7 +45,11 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 class _PaddedConvMixin:
-    """Convolution at padded widths from unpadded parameters (see the module docstring)."""
+    """Convolution at padded widths from unpadded parameters (see the module docstring).
+
+    :func:`pad_channels` swaps the class of an existing module rather than building a new one, so the parameters
+    stay the very objects an optimiser, DDP or a hook may already hold, under the same state-dict names.
+    """
 
     pad_in: int = 0
     pad_out: int = 0
@@ -74,7 +78,10 @@ _STATS = (("running_mean", 0.0), ("running_var", 1.0))
 
 class PaddedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm at a padded width: unpadded gamma/beta (padded with 0 in forward), padded running statistics
-    whose ``state_dict`` entries are the unpadded ones (hooks added by :func:`pad_channels`)."""
+    whose ``state_dict`` entries are the unpadded ones (hooks added by :func:`pad_channels`).
+
+    A padded channel's running variance drifts from 1 toward 0 in training (the batch variance of a channel of
+    zeros is 0); with gamma = beta = 0 it maps to 0 either way, and no checkpoint holds it."""
 
     pad: int = 0
 
