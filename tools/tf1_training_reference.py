@@ -67,22 +67,33 @@ IMAGES: list[dict[str, Any]] = [
 ]
 
 
+TINY = {"image_size": 128, "num_classes": 5, "head_filters": 16, "filter_size_scale": 0.0625,
+        "endpoints_num_filters": 16, "block_repeats": 1}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tpu_src", required=True, help="local copy of github.com/tensorflow/tpu (holds models/)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model_id", default="49S", choices=["49S", "49", "96", "143", "190"])
-    p.add_argument("--image_size", type=int, default=128, help="retinanet_parser.output_size (square)")
-    p.add_argument("--num_classes", type=int, default=5)
-    p.add_argument("--head_filters", type=int, default=16)
-    p.add_argument("--filter_size_scale", type=float, default=0.0625)
-    p.add_argument("--endpoints_num_filters", type=int, default=16)
+    p.add_argument("--full", action="store_true",
+                   help="the real variant: no width reduction, 91 classes, the YAML's head and output size (the tiny "
+                        "defaults below apply otherwise)")
+    p.add_argument("--image_size", type=int, default=None, help="retinanet_parser.output_size (square; tiny: 128)")
+    p.add_argument("--num_classes", type=int, default=None, help="tiny: 5")
+    p.add_argument("--head_filters", type=int, default=None, help="tiny: 16")
+    p.add_argument("--filter_size_scale", type=float, default=None, help="tiny: 0.0625")
+    p.add_argument("--endpoints_num_filters", type=int, default=None, help="tiny: 16")
     p.add_argument("--resample_alpha", type=float, default=None)
-    p.add_argument("--block_repeats", type=int, default=1)
+    p.add_argument("--block_repeats", type=int, default=None, help="tiny: 1")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
+    if not args.full:
+        for key, value in TINY.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     args.config_file = ref.REPO / "src" / "spinenet" / "configs" / f"spinenet{args.model_id}_retinanet.yaml"
     args.params_override = ""
     return args
@@ -202,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     tmp = tempfile.mkdtemp(prefix="tf1_training_")
     train_overrides = {"model_dir": tmp, "use_tpu": False, "enable_summary": False,
                        "train": {"transpose_input": False}, "spinenet": {"init_drop_connect_rate": None},
-                       "retinanet_parser": {"output_size": [args.image_size, args.image_size]}}
+                       **({"retinanet_parser": {"output_size": [args.image_size, args.image_size]}}
+                          if args.image_size else {})}
     params = ref.build_params(args, training_overrides=train_overrides)
     from modeling.architecture import spinenet
 
@@ -294,7 +306,8 @@ def main(argv: list[str] | None = None) -> None:
     meta = {
         "command": " ".join(["tools/tf1_training_reference.py", *(argv if argv is not None else sys.argv[1:])]),
         "model_id": args.model_id, "scaling_map_entry": spinenet.SCALING_MAP[params.spinenet.model_id],
-        "image_size": args.image_size, "seed": args.seed, "params": params.as_dict(), "images": IMAGES,
+        "image_size": int(params.retinanet_parser.output_size[0]), "seed": args.seed, "params": params.as_dict(),
+        "images": IMAGES,
         "scalars": scalars, "trainable": names, "model_variables": model_names,
         "tensorflow_version": tf2.__version__,
     }

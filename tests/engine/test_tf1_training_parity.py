@@ -13,6 +13,7 @@ in brackets, see each constant); integers must be equal.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ from spinenet.modeling.anchors import Anchors
 from spinenet.modeling.labeler import label_anchors
 from spinenet.modeling.losses import LossParams, l2_regularization, retinanet_loss
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "tf1_training"
+# SPINENET_TF1_TRAINING=DIR replays another recording (e.g. the full-size one, ``--full``; see the fixture README).
+FIXTURE = Path(os.environ.get("SPINENET_TF1_TRAINING") or Path(__file__).resolve().parents[1] / "fixtures"
+               / "tf1_training")
 LEVELS = range(3, 8)
 
 # Tolerances. Stages fed the reference's own inputs (parser, labeller, loss on TF's maps, the optimiser step on TF's
