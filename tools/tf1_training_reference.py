@@ -10,8 +10,9 @@ reduction, same informative weights), under TensorFlow 2.20 with ``tf_keras``:
    offset) returns the recorded constants instead, in the parser's draw order;
 2. the TPU code's ``RetinanetModel.train`` (the estimator ``model_fn``'s training branch) on the parsed batch,
    stochastic depth off (``init_drop_connect_rate: null``), with the YAML's optimiser, warm-up learning rate,
-   L2 decay and gradient clipping; ``global_step`` 0. The gradients are ``tf.gradients`` of the same total
-   loss over the same variable list; the step is the model's own ``train_op`` (BN update ops included);
+   L2 decay and gradient clipping; ``global_step`` 0. The gradients are those ``train_op`` applies (the input of
+   ``tf.clip_by_global_norm``, captured), fetched with the losses and maps in the same run as ``train_op`` (BN
+   update ops included);
 3. a second training graph with ``gradient_clip_norm`` on the other side of the measured global gradient norm
    (a quarter of it when the YAML's clip doesn't bind, four times it when it does), so that one of the two
    steps is clipped and the other isn't;
@@ -23,7 +24,8 @@ Writes into ``--out``:
 * ``training.npz``: ``raw_image_<i>`` (uint8); the parser's ``parsed_{image,image_info,boxes,classes,
   num_positives}_<i>`` and ``parsed_{cls,box}_targets_<level>_<i>``; the training-mode maps ``train_{cls,box}_<l>``
   (NHWC); ``before/<var>`` (weights and BN moving statistics), ``grad/<var>`` (trainable), ``after/<var>`` (after
-  the YAML-clipped step, moving statistics included), ``after_clip2/<var>`` (after the second clip's step);
+  the YAML-clipped step, moving statistics included), ``after_clip2/<var>`` and ``grad_clip2/<var>`` (the second
+  clip's step and the gradients it applied);
   ``lr_steps`` / ``lr_values``;
 * ``training.json``: params, scaling entry, the images' annotations and draws, scalars (losses, learning rate,
   global gradient norm, second clip norm), variable names, TF version and this command line.
@@ -190,11 +192,24 @@ def build_train(tf, params, batch: dict[str, np.ndarray]):
             return seen
 
         model.build_outputs = capture
-        spec = model.train(images, labels)
+        # The gradients train_op applies: compute_gradients' output, as base_model.train hands it to
+        # clip_by_global_norm (fetched in the same run as train_op, so the step is exactly these gradients').
+        clip, clipped = tf.clip_by_global_norm, {}
+
+        def capture_clip(t_list, clip_norm, *a, **k):
+            clipped["grads"] = list(t_list)
+            return clip(t_list, clip_norm, *a, **k)
+
+        tf.clip_by_global_norm = capture_clip
+        try:
+            spec = model.train(images, labels)
+        finally:
+            tf.clip_by_global_norm = clip
+        if "grads" not in clipped:
+            raise RuntimeError("gradient_clip_norm must be > 0: the recorder takes the gradients from the clipping")
         model.outputs = seen
         train_vars = tf.trainable_variables()
-        grads = tf.gradients(spec.kwargs["loss"], train_vars)
-    return graph, spec, model, grads, train_vars
+    return graph, spec, model, clipped["grads"], train_vars
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,8 +271,7 @@ def main(argv: list[str] | None = None) -> None:
                  "global_norm": tf.linalg.global_norm(grads),
                  "maps": {f"{kind}_{l}": model.outputs[f"{kind}_outputs"][l]
                           for kind in ("cls", "box") for l in LEVELS}}
-        r = sess.run(fetch)
-        sess.run(spec.kwargs["train_op"])
+        r = sess.run({**fetch, "train_op": spec.kwargs["train_op"]})
         after = ref.read_values(tf, sess)
     scalars.update({k: float(np.asarray(r[k]).reshape(-1)[0]) for k in fetch if k not in ("grads", "maps")})
     rec.update({f"train_{k}": v for k, v in r["maps"].items()})
@@ -276,12 +290,14 @@ def main(argv: list[str] | None = None) -> None:
     clip = scalars["global_norm"] * (4.0 if binds else 0.25)
     cparams = ref.build_params(args, training_overrides={**train_overrides, "train": {
         **train_overrides["train"], "gradient_clip_norm": clip}})
-    cgraph, cspec, _, _, _ = build_train(tf, cparams, batch)
+    cgraph, cspec, _, cgrads, _ = build_train(tf, cparams, batch)
     with cgraph.as_default(), ref.session(tf, cgraph, args.threads) as csess:
         csess.run(tf.global_variables_initializer())
         ref.load_values(tf, csess, before, required=False)
-        csess.run(cspec.kwargs["train_op"])
+        cr = csess.run({"grads": cgrads, "train_op": cspec.kwargs["train_op"]})
         clipped = ref.read_values(tf, csess)
+    for n, g in zip(names, cr["grads"], strict=True):  # this graph's own gradients (equal up to TF's rounding)
+        rec[f"grad_clip2/{n}"] = g
     for k in model_names:
         if not k.rsplit("/", 1)[-1].startswith("moving_"):
             rec[f"after_clip2/{k}"] = clipped[k]
