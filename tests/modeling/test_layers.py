@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from spinenet.modeling.layers import MaxPoolSame, pad_same
+from spinenet.modeling.layers import BatchNorm2dTF, MaxPoolSame, pad_same
 
 
 @pytest.mark.parametrize("kernel, stride", [(3, 2), (5, 4), (3, 1), (2, 2)])
@@ -40,3 +40,19 @@ def test_eval_resample_expands_before_upsampling_with_the_same_result():
         out = r(x)
     assert out.shape == (2, 24, 20, 28)
     torch.testing.assert_close(out, reference_order, rtol=1e-6, atol=1e-6)
+
+
+def test_batchnorm_tf_moves_running_var_towards_the_biased_variance():
+    """Hand-worked: one channel, values 1, 2, 6 (mean 3, biased variance 14/3, unbiased 7); momentum 0.1 from
+    running mean 0 / variance 1 -> mean 0.3, variance 0.9 + 0.1 * 14/3 (the reference's rule; torch's would give
+    0.9 + 0.7). The output is nn.BatchNorm2d's (normalised with the biased variance)."""
+    x = torch.tensor([1.0, 2.0, 6.0]).view(3, 1, 1, 1)
+    bn, ref = BatchNorm2dTF(1, eps=1e-4, momentum=0.1), torch.nn.BatchNorm2d(1, eps=1e-4, momentum=0.1)
+    out = bn(x)
+    assert torch.allclose(out, ref(x), atol=0, rtol=1e-6)
+    assert bn.running_mean.item() == pytest.approx(0.3, rel=1e-6)
+    assert bn.running_var.item() == pytest.approx(0.9 + 0.1 * 14 / 3, rel=1e-6)
+    assert ref.running_var.item() == pytest.approx(0.9 + 0.1 * 7, rel=1e-6)
+    assert int(bn.num_batches_tracked) == 1
+    bn.eval()
+    assert torch.allclose(bn(x), (x - 0.3) / torch.sqrt(torch.tensor(0.9 + 0.1 * 14 / 3 + 1e-4)), rtol=1e-6)

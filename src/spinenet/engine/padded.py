@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from spinenet.modeling.layers import Conv2dTF
+from spinenet.modeling.layers import BatchNorm2dTF, Conv2dTF
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -76,7 +76,7 @@ _CONV_CLASSES = {nn.Conv2d: PaddedConv2d, Conv2dTF: PaddedConv2dTF}
 _STATS = (("running_mean", 0.0), ("running_var", 1.0))
 
 
-class PaddedBatchNorm2d(nn.BatchNorm2d):
+class PaddedBatchNorm2d(BatchNorm2dTF):
     """BatchNorm at a padded width: unpadded gamma/beta (padded with 0 in forward), padded running statistics
     whose ``state_dict`` entries are the unpadded ones (hooks added by :func:`pad_channels`).
 
@@ -86,10 +86,10 @@ class PaddedBatchNorm2d(nn.BatchNorm2d):
     pad: int = 0
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.training:
-            self.num_batches_tracked.add_(1)
-        return F.batch_norm(x, self.running_mean, self.running_var, F.pad(self.weight, (0, self.pad)),
-                            F.pad(self.bias, (0, self.pad)), self.training, self.momentum, self.eps)
+        weight, bias = F.pad(self.weight, (0, self.pad)), F.pad(self.bias, (0, self.pad))
+        if self.training:  # the TF moving-statistics update of BatchNorm2dTF (biased variance)
+            return self.train_forward(x, weight, bias)
+        return F.batch_norm(x, self.running_mean, self.running_var, weight, bias, False, 0.0, self.eps)
 
 
 def _strip_stats(module: PaddedBatchNorm2d, state_dict: dict, prefix: str, local_metadata) -> None:
@@ -132,9 +132,9 @@ def pad_channels(model: nn.Module, multiple: int) -> int:
     image_convs = {id(model.backbone.stem.conv)}  # reads the 3-channel image
     outputs = {id(model.head.class_net.predict), id(model.head.box_net.predict)}  # sliced back to their width
     for name, module in model.named_modules():  # everything checked before anything changes
-        if isinstance(module, _BatchNorm) and (type(module) is not nn.BatchNorm2d or not (
+        if isinstance(module, _BatchNorm) and (type(module) is not BatchNorm2dTF or not (
                 module.affine and module.track_running_stats and module.momentum is not None)):
-            raise ValueError(f"--pad_channels supports nn.BatchNorm2d with affine parameters, running statistics "
+            raise ValueError(f"--pad_channels supports BatchNorm2dTF with affine parameters, running statistics "
                              f"and a momentum only; {name} is {type(module).__name__} (cross-replica BN, used beyond "
                              "8 CUDA ranks?): train without --pad_channels")
         if isinstance(module, nn.Conv2d) and (type(module) not in _CONV_CLASSES or module.groups != 1):

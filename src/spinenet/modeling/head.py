@@ -7,7 +7,7 @@ import math
 
 from torch import Tensor, nn
 
-from spinenet.modeling.layers import get_activation
+from spinenet.modeling.layers import BatchNorm2dTF, get_activation
 
 
 class Subnet(nn.Module):
@@ -21,7 +21,7 @@ class Subnet(nn.Module):
             nn.Conv2d(in_ch if i == 0 else num_filters, num_filters, 3, padding=1) for i in range(num_convs))
         # norms[str(level)][i]: the BN after conv i at that level (TF names ``class-{i}-{level}``).
         self.norms = nn.ModuleDict({
-            str(lvl): nn.ModuleList(nn.BatchNorm2d(num_filters, eps=bn_eps, momentum=bn_momentum)
+            str(lvl): nn.ModuleList(BatchNorm2dTF(num_filters, eps=bn_eps, momentum=bn_momentum)
                                     for _ in range(num_convs)) for lvl in levels})
         self.act = get_activation(activation)
         self.predict = nn.Conv2d(num_filters, out_ch, 3, padding=1)
