@@ -37,7 +37,7 @@ class ChildBench(Bench):
 
 def child_main(args, device, spec: dict) -> int:
     from .compiled import compile_rows
-    from .graphs import full_graph_rows
+    from .graphs import compiled_detector_rows, full_graph_rows
     from .models import SpineNetRunners, build_spinenet
 
     bench = ChildBench(args, device, [])
@@ -46,6 +46,8 @@ def child_main(args, device, spec: dict) -> int:
     sn = SpineNetRunners(args, device, base, fast)
     if spec["kind"] == "full_graph_capture":
         full_graph_rows(bench, sn, spec["batch"], spec["precision"])
+        if bench.device.type == "cuda":
+            compiled_detector_rows(bench, sn, spec["batch"])
     elif spec["kind"] == "compile":
         compile_rows(bench, sn, spec["batches"], spec["precision"])
     return 0

@@ -145,3 +145,32 @@ def full_graph_rows(bench, sn, batch: int, precision: str) -> None:
     bench.measure(run, model="spinenet", what="end-to-end", variant="cuda graph of the whole ExportWrapper",
                   batch=batch, precision=precision, own_bytes=module_bytes(w) + pool, check=spinenet_dets,
                   replay_matches_eager=same)
+
+
+def compiled_detector_rows(bench, sn, batch: int) -> None:
+    """:class:`spinenet.deploy.compiled.CompiledDetector` (``torch.compile(fullgraph=True)``; on CUDA
+    ``mode="reduce-overhead"``, i.e. CUDA graphs) against the eager ExportWrapper in fp32: the same detections
+    (counts and classes equal, boxes within 1e-3 px, scores within 1e-5: Inductor's kernels round differently),
+    then its time. This is the CUDA check the CPU test suite can't make (``tests/deploy/test_compiled.py``
+    covers the CPU compile)."""
+    from spinenet.deploy.compiled import CompiledDetector
+
+    u8, _ = make_images(batch, bench.args.image_size, bench.device, bench.args.seed)
+    w = sn.wrapper(batch)
+    detector = CompiledDetector(w)
+    want = sn.end_to_end(w, u8, "fp32")
+    label = f"CompiledDetector (cuda graph: {detector.cuda_graph}), batch {batch} fp32"
+    same = True
+    for _ in range(3):  # warm-up, record, replay
+        with torch.no_grad():
+            got = detector(u8)
+        same &= bool(torch.equal(got[0], want[0]) and torch.equal(got[2], want[2]) and torch.equal(got[4], want[4])
+                     and (got[1] - want[1]).abs().max() <= 1e-3 and (got[3] - want[3]).abs().max() <= 1e-5)
+    bench.note(f"{label}: {'matches' if same else 'DIFFERS FROM'} the eager outputs")
+
+    def run():
+        with torch.no_grad():
+            return detector(u8)
+
+    bench.measure(run, model="spinenet", what="end-to-end", variant="CompiledDetector", batch=batch,
+                  precision="fp32", own_bytes=module_bytes(w), check=spinenet_dets, matches_eager=same)

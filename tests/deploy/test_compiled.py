@@ -76,17 +76,6 @@ def _assert_same_detections(got, want):
     torch.testing.assert_close(scores, want[3], rtol=0, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_batch1_equals_eager(small_model, random_images):
-    wrapper = ExportWrapper(small_model, image_size=(SIZE, SIZE)).to("cuda")
-    images = random_images(1, seed=7).to("cuda")
-    detector = CompiledDetector(wrapper)
-    assert detector.cuda_graph
-    want = wrapper(images)
-    for _ in range(3):  # warm-up, record, replay
-        _assert_same_detections(detector(images), want)
-
-
 def test_torch_session_runs_the_optimized_compiled_detector_when_asked():
     """On CUDA ``TorchSession`` defaults to the optimised, compiled detector (here forced on the CPU, and run with
     the aot_eager backend to skip code generation): same outputs as the eager optimised wrapper."""
