@@ -168,12 +168,20 @@ def test_detections_match_tf1_serving_outputs(model, meta, ref):
     np.testing.assert_array_equal(dets["num_detections"].numpy(), ref["num_detections"])
 
 
-def test_onnx_export_matches_tf1_frozen_graph(model, meta, ref, tmp_path):
+@pytest.mark.parametrize("target", ["onnxruntime", "ascend"])
+def test_onnx_export_matches_tf1_frozen_graph(model, meta, ref, tmp_path, target):
+    """The default export and the Ascend one (only CANN 5.0.4's operators, unrolled NMS) give the TF1 frozen
+    graph's five outputs."""
+    import onnx
+
+    from spinenet.deploy.atc_ops import atc_operator_list, unlisted_nodes
     from spinenet.deploy.export import DETECTION_OUTPUTS, export_onnx
     from spinenet.deploy.runtimes import OnnxRuntimeSession
 
     size = meta["image_size"]
-    path = export_onnx(model, tmp_path / "tiny.onnx", image_size=(size, size))
+    path = export_onnx(model, tmp_path / "tiny.onnx", image_size=(size, size), target=target)
+    if target == "ascend":
+        assert unlisted_nodes(onnx.load(path).graph, atc_operator_list("5")) == []
     session = OnnxRuntimeSession(path, threads=1)
     outs = [session.run(ref["images_uint8"][i:i + 1]) for i in range(2)]
     ours = {k: np.concatenate([o[n] for o in outs]) for k, n in zip(
