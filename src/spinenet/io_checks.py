@@ -56,12 +56,12 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = False) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = False, durable: bool = False) -> Path:
     """``write(file)`` into a temporary file beside ``path``, then rename it over ``path``; returns the path.
 
     A reader never sees a half-written file, and a failure leaves the old file (if any) in place and no
     temporary file behind. The result gets the mode a plain ``open(path, "w")`` would give (0666 less the
-    umask: 0644 usually), not ``mkstemp``'s private 0600.
+    umask: 0644 usually), not ``mkstemp``'s private 0600. ``durable``: fsync before the rename (checkpoints).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -69,6 +69,9 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = Fal
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             os.fchmod(f.fileno(), 0o666 & ~current_umask())
             write(f)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

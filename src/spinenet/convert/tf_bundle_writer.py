@@ -15,14 +15,13 @@ names and renamed into place, index last, so an interrupted write never leaves a
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from spinenet.convert.crc32c import crc32c, mask_crc
+from spinenet.io_checks import atomic_write
 
 __all__ = ["write_bundle", "write_checkpoint_state", "BF16", "Sliced", "DTYPE_ENUM", "TF_BLOCK_SIZE"]
 
@@ -330,18 +329,5 @@ def write_checkpoint_state(folder: str | Path, prefix_name: str) -> Path:
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync, rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """``data`` to ``path``, fsynced, then renamed (:func:`spinenet.io_checks.atomic_write`)."""
+    return atomic_write(path, lambda f: f.write(data), binary=True, durable=True)

@@ -44,7 +44,7 @@ from spinenet.config import ExperimentConfig, dump_yaml
 from spinenet.convert.model_garden import BN_FIELDS, ConversionError
 from spinenet.convert.tf_bundle_writer import write_bundle, write_checkpoint_state
 from spinenet.convert.tpu import tf1_variable_layout
-from spinenet.io_checks import ensure_writable_dir
+from spinenet.io_checks import ensure_writable_dir, write_text_atomic
 
 __all__ = ["TPU_ACTIVATIONS", "TPU_MODEL_IDS", "TPUExportResult", "tpu_variables", "tpu_checkpoint_tensors",
            "check_tpu_config", "tpu_params", "write_tpu_checkpoint", "export_tpu"]
@@ -194,9 +194,7 @@ def write_tpu_checkpoint(model: nn.Module, cfg: ExperimentConfig, output: str | 
         header = (f"# {cfg.spinenet.model_id} RetinaNet written by `spinenet convert --to tpu` from {source}.\n"
                   "# Reference-format (tensorflow/tpu models/official/detection) params: pass as freeze_graph.py "
                   "--config_file.\n")
-        tmp = params_file.with_name(f".{params_file.name}.tmp")
-        tmp.write_text(header + dump_yaml(tpu_params(cfg)))
-        os.replace(tmp, params_file)
+        write_text_atomic(params_file, header + dump_yaml(tpu_params(cfg)))
     except OSError as e:
         for p in targets:
             if p not in existed:

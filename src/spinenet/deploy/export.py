@@ -29,6 +29,7 @@ from spinenet.deploy.optimize import DEFAULT_WINOGRAD_MIN_PIXELS, optimize_for_i
 from spinenet.deploy.postprocess_export import DEFAULT_PRE_NMS_TOPK, generate_detections_export
 from spinenet.deploy.precision import name_unnamed_nodes
 from spinenet.deploy.targets import export_profile
+from spinenet.io_checks import current_umask
 from spinenet.modeling.retinanet import RetinaNet, default_image_info
 
 INPUT_TYPES = ("image_tensor", "raw_image_tensor")
@@ -203,18 +204,12 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)
         check_exported_model(proto, opset, profile.operators)
         onnx.save(proto, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes the file private; give it the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _torch_export(wrapper: ExportWrapper, path: str, opset: int) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 
 from spinenet.deploy.msame_format import SEED_OUTPUTS
 from spinenet.deploy.output_folders import OutputSpec
+from spinenet.io_checks import current_umask
 
 DETECTOR_KEY = "spinenet.detector"
 
@@ -247,15 +248,9 @@ def postprocess_folder(output: str | os.PathLike, model: str | os.PathLike, outp
                 write_output(tmp, name, k, array, outfmt)
         if target.exists():
             target.rmdir()
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(0o777 & ~current_umask())
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target, len(names)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
