@@ -33,7 +33,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -210,11 +209,9 @@ def _quiet(cli, argv: list[str]) -> None:
 
 def _cpu() -> dict:
     """This machine's CPU model and flags, from lscpu (as RESULTS.md records them)."""
-    fields = {}
-    with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines():
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
+    from spinenet.deploy.benchmark import lscpu_fields
+
+    fields = lscpu_fields()
     return {"model": fields.get("Model name", "unknown"), "flags": fields.get("Flags", "unknown"),
             "cpus": os.cpu_count()}
 

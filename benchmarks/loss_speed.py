@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -103,13 +102,13 @@ def _step(fn, cls, box, targets, num_classes):
 
 
 def _cpu_info() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    from spinenet.deploy.benchmark import lscpu_fields
+
+    fields = lscpu_fields()
+    if not fields:
         return platform.processor() or "unknown CPU"
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     flags = [f for f in fields.get("Flags", "").split() if f.startswith(("avx", "fma", "amx"))]
-    return f"{fields.get('Model name', '?').strip()}; {len(flags)} SIMD flags: {' '.join(flags)}"
+    return f"{fields.get('Model name', '?')}; {len(flags)} SIMD flags: {' '.join(flags)}"
 
 
 def _time(fns: dict[str, object], reps: int) -> dict[str, list[float]]:

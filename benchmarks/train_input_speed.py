@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -91,12 +90,12 @@ def timed(fn, rounds: int) -> tuple[float, float, list]:
 
 
 def lscpu() -> tuple[str, str]:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
+    from spinenet.deploy.benchmark import lscpu_fields
+
+    fields = lscpu_fields()
+    if not fields:
         return platform.processor() or "unknown", ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    model = fields.get("Model name", "unknown").strip()
+    model = fields.get("Model name", "unknown")
     flags = fields.get("Flags", "").split()
     wanted = [f for f in flags if f.startswith(("avx", "fma", "sse4", "amx"))]
     return model, " ".join(wanted)

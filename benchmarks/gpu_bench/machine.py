@@ -39,14 +39,11 @@ def _run(cmd: list[str]) -> str | None:
 
 def lscpu() -> dict:
     """CPU model, counts and the speed-relevant flags from ``lscpu`` (empty if it is not there)."""
-    text = _run(["lscpu"])
-    if not text:
+    from spinenet.deploy.benchmark import lscpu_fields
+
+    fields = lscpu_fields()
+    if not fields:
         return {}
-    fields = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields[key.strip()] = value.strip()
     flags = set(fields.get("Flags", "").split())
     out = {"cpu_model": fields.get("Model name"), "cpu_sockets": fields.get("Socket(s)"),
            "cpu_threads_per_core": fields.get("Thread(s) per core"),

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,21 @@ from pathlib import Path
 import numpy as np
 
 from spinenet.io_checks import write_text_atomic
+
+
+def lscpu_fields() -> dict[str, str]:
+    """``lscpu``'s "key: value" lines as a dict (empty where lscpu is missing or fails): the CPU model and flags
+    that every benchmark figure is recorded with (benchmarks/RESULTS.md)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 def _machine() -> str:
