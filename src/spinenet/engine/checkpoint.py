@@ -12,13 +12,13 @@ import errno
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from spinenet import io_checks
 from spinenet.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
 
 FORMAT_NAME = "spinenet-checkpoint"
@@ -83,32 +83,27 @@ def make_checkpoint(model: torch.nn.Module, cfg: ExperimentConfig, *, variant: s
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``.
+    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it, rename it over ``path``
+    (:func:`spinenet.io_checks.atomic_write`, ``durable=True``).
 
     On any failure the temporary file is removed and ``path`` is untouched; a full disk is a :class:`NoSpaceError`
     naming ``path``. Only a kill mid-write leaves the temporary file (named as :data:`TEMP_NAME` describes).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    recorder = None
+    recorders: list[_RecordingWriter] = []
+
+    def recorded(f) -> None:
+        recorders.append(_RecordingWriter(f))
+        write(recorders[0])
+
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            recorder = _RecordingWriter(f)
-            write(recorder)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        return io_checks.atomic_write(path, recorded, binary=True, durable=True)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        first = recorder.error if recorder is not None and recorder.error is not None else e
+        first = recorders[0].error if recorders and recorders[0].error is not None else e
         if isinstance(first, OSError) and first.errno in (errno.ENOSPC, errno.EDQUOT):
             raise NoSpaceError(path) from e
         raise
-    return path
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
