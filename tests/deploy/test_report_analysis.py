@@ -29,7 +29,10 @@ def random_case(rng, num_classes=3):
         x, y = rng.uniform(0, 80, 2)
         dets.append(((x, y, x + rng.uniform(2, 30), y + rng.uniform(2, 30)), int(rng.integers(1, num_classes + 1)),
                      float(rng.random())))
-    return [d for d in dets if d[0][2] > d[0][0] and d[0][3] > d[0][1]], gts
+    for _ in range(rng.integers(0, 2)):  # a box inverted on one axis (negative area): COCO ignores it unmatched
+        box = gts[0][0] if gts and rng.random() < 0.5 else (10, 10, 20, 20)
+        dets.append(((box[0], box[3], box[2], box[3] - 0.5), gts[0][1] if gts else 1, float(rng.random())))
+    return dets, gts
 
 
 def coco_matching(dets, gts, iou_threshold, num_classes=3):
@@ -65,7 +68,7 @@ def coco_matching(dets, gts, iou_threshold, num_classes=3):
 @pytest.mark.parametrize("iou_threshold", [0.5, 0.75])
 def test_matching_agrees_with_pycocotools_on_random_images(iou_threshold):
     rng = np.random.default_rng(0)
-    checked = crowd_seen = 0
+    checked = crowd_seen = inverted = 0
     for _ in range(150):
         dets, gts = random_case(rng)
         if not dets and not gts:
@@ -76,7 +79,9 @@ def test_matching_agrees_with_pycocotools_on_random_images(iou_threshold):
         assert m.det_tp == [g >= 0 and not i for g, i in zip(det_gt, det_ignored, strict=True)]
         checked += 1
         crowd_seen += any(det_ignored)
-    assert checked > 100 and crowd_seen > 5  # the crowd rule was exercised, not just plain matches
+        inverted += any(d[0][3] < d[0][1] for d in dets)
+    assert checked > 100 and crowd_seen > 15  # crowd and area rules were exercised
+    assert inverted > 30
 
 
 def test_iou_is_pycocotools_iou():

@@ -11,7 +11,13 @@ rule is pycocotools' ``COCOeval.evaluateImg`` (pycocotools 2.0.11, ``cocoeval.py
   a detection holds a non-crowd match it does not look at crowd boxes; a crowd box can absorb any number of
   detections and its IoU is intersection / *detection* area;
 * a detection matched to a crowd box is *ignored* (neither true nor false positive); crowd boxes are never
-  "missed".
+  "missed";
+* an unmatched detection whose area (w * h, as ``loadRes`` computes it) is outside area range "all"
+  [0, 1e10] is ignored too: a box inverted on one axis (the reference decoder's sub-pixel heights) has a
+  negative area, so COCO neither counts it as a false positive.
+
+Not modelled (the caller can fold it into ``iscrowd`` if it matters): a non-crowd ground-truth box whose
+annotated ``area`` lies outside [0, 1e10], which COCO ignores without letting it absorb several detections.
 
 The IoU threshold is capped at ``1 - 1e-10`` as in pycocotools, so a perfect box still matches at 1.0.
 """
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+AREA_ALL = 1e10  # COCOeval's area range "all" is [0, 1e5 ** 2]
 Box = Sequence[float]  # x0, y0, x1, y1 in original-image pixels
 
 
@@ -111,7 +118,9 @@ def match_image(dets: Sequence[tuple[Box, int, float]], gts: Sequence[tuple[Box,
         if m >= 0:
             det_gt[d], det_iou[d] = m, float(ious[d, m])
             gt_taken[m] = d
-    det_ignored = [g >= 0 and crowd[g] for g in det_gt]
+    areas = (det_boxes[:, 2] - det_boxes[:, 0]) * (det_boxes[:, 3] - det_boxes[:, 1])
+    det_ignored = [crowd[g] if g >= 0 else not 0 <= a <= AREA_ALL
+                   for g, a in zip(det_gt, areas.tolist(), strict=True)]
     det_tp = [g >= 0 and not crowd[g] for g in det_gt]
     gt_matched_by = [-1 if c else t for t, c in zip(gt_taken, crowd, strict=True)]
     return ImageMatch(det_tp, det_gt, det_iou, det_ignored, gt_matched_by, crowd, scores, float(iou_threshold))
