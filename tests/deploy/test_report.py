@@ -49,6 +49,27 @@ def run_folder(tmp_path, fmt_name=timeline_dirname):
     return tmp_path / "out" / fmt_name(dt.datetime(2022, 6, 6, 22, 20, 3, 123456))
 
 
+def report_data(html):
+    """The page's data as the viewer reads it: index.js's settings and every image's record (data/NNNN.js)."""
+    folder = html.with_name(f"{html.stem}_files")
+    index = json.loads(re.fullmatch(r"window\.SPINENET_REPORT = (.*);\n", (folder / "index.js").read_text(), re.S)[1])
+    records = []
+    for f in sorted((folder / "data").glob("*.js")):
+        n, chunk = json.loads("[" + re.fullmatch(r"SPINENET_REPORT_CHUNK\((.*)\);\n", f.read_text(), re.S)[1] + "]")
+        assert [r["k"] for r in chunk] == list(range(n * 50, n * 50 + len(chunk)))
+        records += chunk
+    return index, records
+
+
+def detail_rows(html):
+    """Image name -> the rows of its detection table at the page's display threshold, formatted as the viewer
+    formats them (class, score %, ymin, xmin, ymax, xmax; the browser test checks the rendered table)."""
+    index, records = report_data(html)
+    names = {int(k): v for k, v in index["classes"].items()}
+    return {r["name"]: [[names[d[0]], f"{100 * d[1]:.1f}%", *(f"{v:.1f}" for v in d[2:6])]
+                        for d in r["dets"] if d[1] >= index["threshold"]] for r in records}
+
+
 def test_boxes_mapped_back_with_row2_not_row1():
     info = np.array(SEED_INFO, np.float32)
     scale, note = effective_scale(info, (H, W), None)
@@ -81,9 +102,9 @@ def test_report_maps_boxes_to_original_pixels(tmp_path, label_map, info, manifes
                        **kwargs)
     (det,) = res.detections[str(tmp_path / "images/a.jpg")]
     assert det.box == pytest.approx((10, 20, 30, 50)) and det.name == "person"
-    page = (tmp_path / "r.html").read_text()
-    assert "<td>person</td><td>87.0%</td><td>10.0</td><td>20.0</td><td>30.0</td><td>50.0</td>" in page
-    assert ("assumed a spinenet image2bin letterbox" in page) == (info is BIN_INFO and not manifest)
+    assert detail_rows(tmp_path / "r.html")["a.jpg"] == [["person", "87.0%", "10.0", "20.0", "30.0", "50.0"]]
+    notes = report_data(tmp_path / "r.html")[1][0]["notes"]  # shown under the picture
+    assert any("assumed a spinenet image2bin letterbox" in n for n in notes) == (info is BIN_INFO and not manifest)
 
 
 @pytest.mark.parametrize("dirname", [timeline_dirname, current_time_dirname])
@@ -122,10 +143,13 @@ def test_page_has_one_img_and_the_rows_per_image(tmp_path, label_map):
     write_seed_outputs(run_folder(tmp_path), "00001", [((100, 200, 300, 600), 7, 0.3)])  # id 7 not in the map
     res = write_report(tmp_path / "out", label_map, tmp_path / "r.html", pattern, verbose=False)
     page = (tmp_path / "r.html").read_text()
-    assert page.count("<img") == 2 and page.count("data:image/jpeg;base64,") == 2
-    a, b = page.split('id="img-1"')
-    assert "<td>person</td><td>90.0%</td>" in a and "<td>car</td><td>60.0%</td>" in a and "1.0%" not in a
-    assert "<td>id 7</td><td>30.0%</td><td>50.0</td><td>100.0</td><td>150.0</td><td>300.0</td>" in b
+    assert page.count("<img") == 2  # one index thumbnail per image; the pictures are files beside the page
+    for k in range(2):
+        with Image.open(tmp_path / f"r_files/img/{k:05d}.jpg") as im:
+            assert im.format == "JPEG" and im.size == (W, H)
+    rows = detail_rows(tmp_path / "r.html")
+    assert [r[:2] for r in rows["a.jpg"]] == [["person", "90.0%"], ["car", "60.0%"]]  # not the 1% one
+    assert rows["b.jpg"] == [["id 7", "30.0%", "50.0", "100.0", "150.0", "300.0"]]
     assert res.num_detections == 4 and res.num_drawn == 3
 
 
@@ -143,8 +167,15 @@ def test_html_in_names_is_escaped(tmp_path):
     write_seed_outputs(run_folder(tmp_path), "00000", [((20, 40, 60, 100), 1, 0.9)])
     write_report(tmp_path / "out", labels, tmp_path / "r.html", pattern, verbose=False)
     page = (tmp_path / "r.html").read_text()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # legend and class filter, escaped
+    # the only scripts are the page's own two
+    assert re.findall(r"<script[^>]*>", page) == ['<script src="r_files/index.js">', '<script src="r_files/viewer.js">']
     assert "x&lt;b&gt;&amp;y.jpg" in page and "<b>" not in page
+    # the data scripts carry the names as JSON with <, > and & escaped: nothing in them can close a <script>
+    data = [tmp_path / "r_files/index.js", *(tmp_path / "r_files/data").glob("*.js")]
+    assert len(data) == 2 and not any(c in f.read_text() for f in data for c in "<>&")
+    index, records = report_data(tmp_path / "r.html")
+    assert index["classes"] == {"1": "<script>alert(1)</script>"} and records[0]["name"] == "x<b>&y.jpg"
 
 
 def test_bad_label_map_line_is_named(tmp_path):
@@ -200,7 +231,7 @@ def test_map_with_annotations(tmp_path, label_map, box, ap, ap50, ap75):
     saved = json.loads((tmp_path / "r_metrics.json").read_text())
     assert saved["AP"] == pytest.approx(ap) and saved["unmatched_images"] == ["extra.jpg"]
     page = (tmp_path / "r.html").read_text()
-    assert "COCO metrics (1 image(s))" in page and f"<td>{ap:.4f}</td>" in page and "extra.jpg" in page
+    assert "COCO metrics (1 image(s))" in page and f'<td class="num">{ap:.3f}</td>' in page and "extra.jpg" in page
 
 
 def test_cli(tmp_path, label_map, capsys):

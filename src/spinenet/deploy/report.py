@@ -1,10 +1,12 @@
-"""``spinenet report``: an msame or ais_bench output folder -> one self-contained HTML page (+ COCO mAP).
+"""``spinenet report``: an msame or ais_bench output folder -> an HTML page and its folder (+ COCO mAP).
 
 The seed's ``test_spinenet_om_data.py`` (deployment-contract.md §1.7) matched image i of the glob to
 ``{i:05d}_output_<k>``, divided the boxes by ImageInfo **row 1** (the constant model input size, so boxes were
 only right for 640x640 images) and wrote bare ``<img>`` tags. Here boxes go back to original pixels through the
 scale (ImageInfo row 2, times the letterbox scale of ``spinenet image2bin`` when the graph saw a letterboxed
-bin), are clipped to the image, and the page has captions, detection tables, a run summary and the mAP.
+bin), are clipped to the image, and the page has a run summary, the mAP, a thumbnail index and a detail view with
+boxes drawn in the browser at a readable size (:mod:`report_page`, :mod:`report_assets`); with annotations each
+detection is marked true / false positive and each missed object shown (:mod:`report_analysis`).
 
 Matching without a manifest follows ``spinenet image2bin``'s numbering: indices count the *readable* images of
 the sorted glob (a non-image file takes no index); with the seed's image2bin every file had to be an image, so
@@ -13,12 +15,8 @@ both numberings agree there.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +28,12 @@ from spinenet.data.label_map import read_label_map
 from spinenet.deploy.file_patterns import describe, match_files
 from spinenet.deploy.host_postprocess import DetectionSource
 from spinenet.deploy.image2bin import load_rgb, read_manifest
+from spinenet.deploy.report_analysis import ReportAnalyzer
+from spinenet.deploy.report_assets import PageData, ReportFolder
+from spinenet.deploy.report_page import PALETTE, Tile, metrics_section, summary_section, write_page
 from spinenet.deploy.run_state import check_run_complete
 from spinenet.io_checks import atomic_write, ensure_writable_dir
 
-# Distinct, readable box colours, picked per class id so a class keeps its colour across images.
-PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
-           "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#ffe119")
-MAX_EMBED_SIDE = 1280  # longest side of an embedded JPEG: keeps a 5000-image page loadable
 LIST_LIMIT = 20  # names listed on stdout per category before "... and N more"
 
 
@@ -200,87 +197,8 @@ def draw_detections(pixels: np.ndarray, detections: list[Detection]) -> Image.Im
     return image
 
 
-def jpeg_data_uri(image: Image.Image) -> str:
-    if max(image.size) > MAX_EMBED_SIDE:
-        image = image.copy()
-        image.thumbnail((MAX_EMBED_SIDE, MAX_EMBED_SIDE))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=85)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _table(header: list[str], rows: list[list[object]], cls: str = "") -> str:
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
-
-
-def image_section(entry: ImageEntry, original: tuple[int, int], uri: str, detections: list[Detection],
-                  num_valid: int, notes: list[str]) -> str:
-    """One image's caption, annotated picture and detections table."""
-    name = entry.source.name
-    rows = [[d.name, f"{d.score:.1%}", *(f"{v:.1f}" for v in d.box)] for d in detections]
-    more = num_valid - len(detections)
-    parts = [f'<section class="image" id="img-{entry.index}">',
-             f"<h3>{_esc(name)} <small>({original[1]}&times;{original[0]} px, output {entry.output_name})</small></h3>",
-             f'<img src="{uri}" alt="{_esc(name)}">']
-    parts += [f'<p class="note">{_esc(n)}</p>' for n in notes]
-    if rows:
-        parts.append(_table(["class", "score", "ymin", "xmin", "ymax", "xmax"], rows, "dets"))
-    parts.append(f"<p>{len(rows)} detection(s) drawn" + (f"; {more} more below the threshold or limit" if more > 0
-                                                          else "") + "</p></section>\n")
-    return "\n".join(parts)
-
-
-STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse;margin:.5em 0}
-td,th{border:1px solid #ccc;padding:2px 8px;text-align:left}th{background:#f2f2f2}
-section.image{margin:2em 0;border-top:1px solid #ddd}section.image img{max-width:100%;height:auto;display:block}
-.note{color:#a15c00}small{color:#666;font-weight:normal}"""
-
-
-def page_head(result: ReportResult, pattern: str | list[str] | None, timing: dict, started: float) -> str:
-    """Title, run summary, skipped items and the mAP tables."""
-    pattern = describe(pattern) if pattern else "(from the manifest)"
-    rows = [["output folder", result.run_folder], ["image file pattern", pattern],
-            ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
-            ["detections drawn", result.num_drawn],
-            ["images without usable outputs", len(result.missing)], ["files skipped", len(result.skipped)],
-            ["report written", time.strftime("%Y-%m-%d %H:%M:%S") + f" ({time.perf_counter() - started:.1f} s)"]]
-    rows += [[f"infer: {k}", v] for k, v in timing.items()]
-    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-             f"<title>spinenet report: {_esc(result.run_folder.name)}</title><style>{STYLE}</style></head><body>",
-             f"<h1>spinenet deployment report</h1>\n<h2>Run summary</h2>\n{_table(['item', 'value'], rows, 'summary')}"]
-    for title, items in (("Images without usable outputs", result.missing), ("Skipped files", result.skipped)):
-        if items:
-            parts.append(f"<h3>{title}</h3>\n" + _table(["file", "reason"], [list(i) for i in items]))
-    parts += [f'<p class="note">{_esc(n)}</p>' for n in result.notes]
-    if result.metrics is not None:
-        from spinenet.engine.evaluate import STAT_NAMES
-
-        m = result.metrics
-        parts.append(f"<h2>COCO metrics ({m['num_images']} image(s))</h2>")
-        parts.append(_table(list(STAT_NAMES), [[f"{m[k]:.4f}" for k in STAT_NAMES]], "metrics"))
-        if result.unmatched:
-            parts.append(f"<p>{len(result.unmatched)} reported image(s) are not in the annotations and were not "
-                         f"scored: {_esc(', '.join(result.unmatched))}</p>")
-        if m.get("per_class_ap"):
-            parts.append("<details><summary>per-class AP</summary>" + _table(
-                ["class", "AP"], [[k, f"{v:.4f}"] for k, v in m["per_class_ap"].items()]) + "</details>")
-    parts.append("<h2>Images</h2>")
-    return "\n".join(parts) + "\n"
-
-
 def _check_writable(folder: Path) -> None:
     ensure_writable_dir(folder, "the HTML report's folder")
-
-
-def _write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, then rename it over ``path`` (mode 0644 by umask)."""
-    atomic_write(path, write)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -290,14 +208,18 @@ def _write_atomic(path: Path, write) -> None:
 def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, output_html: str | os.PathLike,
                  image_file_pattern: str | list[str] | None = None, *, manifest: str | os.PathLike | None = None,
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
-                 min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
-                 label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False,
-                 model: str | os.PathLike | None = None) -> ReportResult:
+                 min_score_threshold: float = 0.05, display_threshold: float = 0.3,
+                 use_normalized_coordinates: bool = False, label_map_format: str = "csv", verbose: bool = True,
+                 allow_partial: bool = False, model: str | os.PathLike | None = None) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
-    ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
-    With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator`, the
-    12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
+    The page goes with a folder ``<html stem>_files/`` (pictures, thumbnails, data; :mod:`report_assets`), both
+    written only once complete. The page holds every detection with score >= ``min_score_threshold`` and shows
+    those >= its display threshold control (``display_threshold`` at first), at most ``max_boxes_to_draw`` boxes
+    per image. ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
+    With ``annotations`` (COCO instances JSON) the outputs are scored with :class:`CocoEvaluator` (every
+    detection), each detection is marked true / false positive at IoU 0.5 (:func:`report_analysis.match_image`),
+    the 12-number summary is printed (``verbose``) and ``<html stem>_metrics.json`` is written beside the page.
     A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
     warning (:mod:`spinenet.deploy.run_state`). ``output`` may be an msame, ais_bench or ``spinenet infer``
     folder; ``model`` (the exported .onnx) is needed when its outputs are raw head maps, which are then
@@ -309,6 +231,8 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                          "(lines 'id:name')")
     if max_boxes_to_draw < 0:
         raise ValueError(f"--max_boxes_to_draw must be >= 0, got {max_boxes_to_draw}")
+    if not 0 <= display_threshold <= 1:
+        raise ValueError(f"--display_threshold must be within [0, 1], got {display_threshold}")
     html_path = Path(output_html)
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
     label_map = read_label_map(label_map_file)
@@ -331,13 +255,17 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         result.notes += check_by_file_name(annotations, evaluator.coco_gt.dataset, {e.source.name for e in entries},
                                            label_map, f"--label_map_file {label_map_file}",
                                            f"--manifest {manifest}" if manifest else repr(image_file_pattern))
-    options = _DrawOptions(label_map, max_boxes_to_draw, min_score_threshold, use_normalized_coordinates)
-    scored: list[tuple[int, dict[str, np.ndarray], np.ndarray]] = []  # (image id, outputs, ImageInfo for eval)
+    threshold = max(display_threshold, min_score_threshold)  # nothing below the data's floor can be shown
+    options = _DrawOptions(label_map, max_boxes_to_draw, min_score_threshold, threshold, use_normalized_coordinates)
+    # Matches, COCO numbers and plots over every detection (score > 0), whatever the display threshold.
+    analyzer = ReportAnalyzer(evaluator, label_map, score_threshold=threshold)
     used: set[str] = set()
+    tiles: list[Tile] = []
     from tqdm import tqdm
 
-    # Sections go to a temporary file while the totals for the page head are counted: memory stays flat.
-    with tempfile.TemporaryFile("w+", encoding="utf-8", dir=html_path.parent) as sections:
+    # Pictures and data go to a staging folder as they are made: memory stays flat, a failure leaves nothing.
+    with ReportFolder(html_path) as folder:
+        data = PageData(folder)
         next_index = 0
         for entry in tqdm(entries, desc="report", unit="img", disable=not verbose or len(entries) < 20):
             try:
@@ -349,17 +277,19 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 entry.index, next_index = next_index, next_index + 1
             used.add(entry.output_name)
             try:
-                section, outputs, eval_info = _report_image(outputs_in, entry, pixels, options, result)
+                image = _report_image(outputs_in, entry, pixels, options, result)
             except (FileNotFoundError, ValueError) as e:
                 result.missing.append((str(entry.source), str(e)))
                 continue
-            sections.write(section)
-            if evaluator is not None:
-                image_id = ids_by_name.get(entry.source.name)
-                if image_id is None:
-                    result.unmatched.append(entry.source.name)
-                else:
-                    scored.append((image_id, outputs, eval_info))
+            image_id = ids_by_name.get(entry.source.name) if evaluator is not None else None
+            if evaluator is not None and image_id is None:
+                result.unmatched.append(entry.source.name)
+            analysed = analyzer.process(entry.source.name, image.scored, image_id)
+            k = len(tiles)
+            tiles.append(Tile(k, entry.source.name, *image.size, folder.add_picture(k, pixels)))
+            gts = analysed.gts if analysed.match is not None else None
+            data.add(entry.source.name, entry.output_name, image.size, image.dets, gts, analysed.match,
+                     len(image.scored), image.notes)
         if result.num_images == 0:
             source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {describe(image_file_pattern)}"
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
@@ -370,26 +300,28 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
             names = ", ".join(sorted(extra)[:5]) + (" ..." if len(extra) > 5 else "")
             result.notes.append(f"{len(extra)} output set(s) in the folder have no image ({names}): does the image "
                                 "pattern match the one given to image2bin?")
+        analysis = analyzer.finish(verbose)
         if evaluator is not None:
-            if scored:
-                result.metrics = _score(evaluator, scored, verbose)
+            if analysis.coco is not None:
+                result.metrics = analysis.metrics
             else:
                 result.notes.append(f"no reported image is named in {annotations}: mAP not computed")
-        sections.seek(0)
-
-        def write(f) -> None:
-            f.write(page_head(result, image_file_pattern, outputs_in.run.timing(), started))
-            while chunk := sections.read(1 << 20):
-                f.write(chunk)
-            f.write("</body></html>\n")
-
+        classes = {c: class_name(label_map, c) for c in sorted(data.classes)}
+        data.finish({"threshold": threshold, "minScore": min_score_threshold, "maxBoxes": max_boxes_to_draw,
+                     "annotated": evaluator is not None, "classes": classes, "palette": list(PALETTE)})
+        pattern = describe(image_file_pattern) if image_file_pattern else "(from the manifest)"
+        summary = summary_section(result, pattern, outputs_in.run.timing(), time.perf_counter() - started, threshold)
+        metrics = metrics_section(analysis)
         try:
-            _write_atomic(html_path, write)
+            folder.commit(lambda f: write_page(
+                f, title=run_folder.name, summary=summary, metrics=metrics, tiles=tiles, classes=classes,
+                annotated=evaluator is not None, threshold=threshold, min_score=min_score_threshold,
+                dir_name=folder.dir_name))
             if result.metrics is not None:
                 result.metrics_path = html_path.with_name(f"{html_path.stem}_metrics.json")
-                _write_atomic(result.metrics_path, lambda f: json.dump(
+                atomic_write(result.metrics_path, lambda f: json.dump(
                     {**result.metrics, "annotations": str(annotations), "run_folder": str(run_folder),
-                     "unmatched_images": result.unmatched}, f, indent=1))
+                     "unmatched_images": result.unmatched, "analysis": analysis.to_json()}, f, indent=1))
         except OSError as e:
             raise ValueError(f"cannot write the HTML report into folder {html_path.parent}: {e.strerror or e}") from e
     return result
@@ -400,12 +332,23 @@ class _DrawOptions:
     label_map: dict[int, str]
     max_boxes_to_draw: int
     min_score_threshold: float
+    display_threshold: float
     use_normalized_coordinates: bool
 
 
+@dataclass
+class _Image:
+    """One image's part of the page: original size, its detections for the page and for scoring, notes."""
+
+    size: tuple[int, int]
+    dets: list[Detection]  # score >= --min_score_threshold, best first, boxes clipped to the image (the page)
+    scored: list[Detection]  # every valid one (score > 0), in the same order, boxes as the evaluator sees them
+    notes: list[str]
+
+
 def _report_image(source: DetectionSource, entry: ImageEntry, pixels: np.ndarray, opt: _DrawOptions,
-                  result: ReportResult) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
-    """One image's HTML section, its outputs and the ImageInfo to score them with (row 2 = effective scale).
+                  result: ReportResult) -> _Image:
+    """One image's detections, for the page and for scoring.
 
     Raises FileNotFoundError / ValueError (the caller counts the image as missing) when its outputs are absent
     or unusable.
@@ -433,43 +376,19 @@ def _report_image(source: DetectionSource, entry: ImageEntry, pixels: np.ndarray
             raise ValueError(f"{entry.output_name}_output_4: {e}") from e
         notes += [note] if note else []
     # NumDetections is not used, as in the seed: padding slots hold score -1, and the evaluator keeps score > 0.
-    valid = scores > 0
-    keep = np.flatnonzero(valid & (scores >= opt.min_score_threshold))[:opt.max_boxes_to_draw]
-    orig_boxes = boxes_to_original(boxes[keep], scale, original)
-    dets = [Detection(int(c), class_name(opt.label_map, int(c)), float(s), tuple(float(v) for v in b))
-            for c, s, b in zip(classes[keep], scores[keep], orig_boxes, strict=True)]
-    drawn = [Detection(d.class_id, d.name, d.score, _to_drawn(d.box, original, pixels.shape[:2])) for d in dets]
-    section = image_section(entry, original, jpeg_data_uri(draw_detections(pixels, drawn)), dets,
-                            int(valid.sum()), notes)
+    valid = np.flatnonzero(scores > 0)
+    valid = valid[np.argsort(-scores[valid], kind="stable")]  # best first: the page keeps a prefix
+    # As `spinenet evaluate` scores them (detections_to_coco): float32 boxes / float32 scale, not clipped.
+    unclipped = boxes[valid].astype(np.float32) / np.tile(scale, 2).astype(np.float32)
+    names = [class_name(opt.label_map, int(c)) for c in classes[valid]]
+    scored = [Detection(int(c), n, float(s), tuple(b))
+              for c, n, s, b in zip(classes[valid], names, scores[valid], unclipped.tolist(), strict=True)]
+    keep = int(np.sum(scores[valid] >= opt.min_score_threshold))
+    clipped = boxes_to_original(boxes[valid[:keep]], scale, original)
+    dets = [Detection(d.class_id, d.name, d.score, tuple(float(v) for v in b))
+            for d, b in zip(scored[:keep], clipped, strict=True)]
     result.detections[str(entry.source)] = dets
     result.num_images += 1
-    result.num_detections += int(valid.sum())
-    result.num_drawn += len(dets)
-    eval_info = info.astype(np.float32).copy()
-    eval_info[2] = scale
-    return section, outputs, eval_info
-
-
-def _to_drawn(box: tuple[float, ...], original: tuple[int, int], actual: tuple[int, ...]) -> tuple[float, ...]:
-    """A box in (manifest) original pixels -> pixels of the image as decoded (they differ only if it changed)."""
-    sy, sx = actual[0] / original[0], actual[1] / original[1]
-    return box[0] * sy, box[1] * sx, box[2] * sy, box[3] * sx
-
-
-def _score(evaluator, scored: list[tuple[int, dict[str, np.ndarray], np.ndarray]], verbose: bool) -> dict | None:
-    """COCO metrics of the matched images, through the same code as ``spinenet evaluate``.
-
-    Boxes go in as the graph wrote them (clipped to ImageInfo row 1, not to the image) with row 2 set to the
-    effective scale, so the numbers are those ``spinenet evaluate`` gets from the same detections.
-    """
-    if not scored:
-        return None
-    import torch
-
-    dets = {"detection_boxes": torch.from_numpy(np.stack([o["DetectionBoxes"][0] for _, o, _ in scored])),
-            "detection_classes": torch.from_numpy(np.stack([o["DetectionClasses"][0] for _, o, _ in scored])),
-            "detection_scores": torch.from_numpy(np.stack([o["DetectionScores"][0] for _, o, _ in scored]))}
-    evaluator.reset()
-    evaluator.process(dets, torch.from_numpy(np.stack([i for _, _, i in scored])), [i for i, _, _ in scored])
-    return evaluator.evaluate(verbose=verbose)
-
+    result.num_detections += len(scored)
+    result.num_drawn += min(opt.max_boxes_to_draw, sum(d.score >= opt.display_threshold for d in dets))
+    return _Image(original, dets, scored, notes)

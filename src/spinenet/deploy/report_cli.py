@@ -17,14 +17,19 @@ post-processed on the host with the graph's own anchors and thresholds. Image i 
 --image_file_pattern (readable images only, as spinenet image2bin numbers them) goes with NNNNN_output_<k>
 (ais_bench: NNNNN_<k>); --manifest (from spinenet image2bin) gives that mapping, the original
 sizes and the letterbox scales instead. Boxes are mapped back with ImageInfo row 2 (the scale), not row 1.
+
+The page (report.html) comes with a folder beside it (report_files/: pictures, thumbnails, data); keep them
+together. It opens from disk in a browser, needs no network, and has a thumbnail index, a paged detail view
+and a display threshold control (--display_threshold at first).
 """
 
 
 def add_report_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="HTML page of msame/infer outputs on their images (+ COCO mAP)",
                               description="Draw the detections of an msame (or spinenet infer) output folder on "
-                                          "the original images into one self-contained HTML page; with "
-                                          "--annotations also score them with COCO mAP.",
+                                          "the original images in an HTML page (with a folder of pictures beside "
+                                          "it); with --annotations also mark true / false positives and missed "
+                                          "objects, and score them with COCO mAP.",
                               epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", required=True, help="msame output folder: the run folder or its parent")
     p.add_argument("--label_map_file", required=True, help="label map, lines 'id:name' (coco_label_map.csv)")
@@ -35,8 +40,13 @@ def add_report_parser(subparsers) -> None:
     p.add_argument("--output_html", default="/tmp/test.html", help="HTML page to write (default /tmp/test.html)")
     p.add_argument("--annotations", default=None,
                    help="COCO instances JSON: compute mAP (images matched by file name)")
-    p.add_argument("--max_boxes_to_draw", type=int, default=10, help="boxes drawn per image (default 10)")
-    p.add_argument("--min_score_threshold", type=float, default=0.05, help="lowest score drawn (default 0.05)")
+    p.add_argument("--max_boxes_to_draw", type=int, default=10,
+                   help="most boxes drawn per image, best first (default 10, as the seed)")
+    p.add_argument("--min_score_threshold", type=float, default=0.05,
+                   help="lowest score kept on the page: the floor of its threshold control (default 0.05)")
+    p.add_argument("--display_threshold", type=float, default=0.3,
+                   help="score from which detections are drawn and counted when the page opens (default 0.3, as "
+                        "spinenet detect); the page has a control to change it; the mAP always uses every detection")
     p.add_argument("--use_normalized_coordinates", action="store_true",
                    help="boxes are [0, 1] fractions of the original image (the seed's flag)")
     p.add_argument("--model", default=None,
@@ -54,6 +64,7 @@ def run_report(args: argparse.Namespace) -> int:
     result = write_report(args.output, args.label_map_file, args.output_html, args.image_file_pattern,
                           manifest=args.manifest, annotations=args.annotations,
                           max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
+                          display_threshold=args.display_threshold,
                           use_normalized_coordinates=args.use_normalized_coordinates,
                           label_map_format=args.label_map_format, verbose=not args.no_progress,
                           allow_partial=args.allow_partial, model=args.model)
