@@ -243,15 +243,14 @@ def test_200_held_out_images_with_annotations(chromium, demo_report, tmp_path):
 
 
 def screenshots(chromium, html: Path, tmp: Path) -> None:
-    """The top of the page (summary, metrics, plots) and its images part (controls, index, detail view)."""
-    shots = {"report_top.png": (html.as_uri(), "1400,2000"), "report_images.png": (html.as_uri() + "#images",
-                                                                                    "1400,1900")}
-    for name, (url, size) in shots.items():
+    """The whole first screenful and more (summary, metrics, plots, controls, index, the first detail cards), in
+    file order and worst images first (the page reads a starting view from the URL's fragment)."""
+    for name, fragment in (("report.png", ""), ("report_worst.png", "#sort=worst&errors=1")):
         path = tmp / name
-        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", f"--window-size={size}",
-                        "--virtual-time-budget=10000", f"--screenshot={path}", url],
+        subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp / 'profile'}", "--window-size=1400,4600",
+                        "--virtual-time-budget=10000", f"--screenshot={path}", html.as_uri() + fragment],
                        capture_output=True, timeout=120, check=True)
-        assert path.stat().st_size > 50_000, name
+        assert path.stat().st_size > 100_000, name
         if os.environ.get("SPINENET_SCREENSHOT_DIR"):
             dest = Path(os.environ["SPINENET_SCREENSHOT_DIR"])
             dest.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from spinenet.deploy.host_postprocess import DetectionSource
 from spinenet.deploy.image2bin import load_rgb, read_manifest
 from spinenet.deploy.report_analysis import ReportAnalyzer
 from spinenet.deploy.report_assets import PageData, ReportFolder
-from spinenet.deploy.report_page import PALETTE, Tile, metrics_section, summary_section, write_page
+from spinenet.deploy.report_page import PALETTE, metrics_section, summary_section, write_page
 from spinenet.deploy.run_state import check_run_complete
 from spinenet.io_checks import atomic_write, ensure_writable_dir
 
@@ -260,7 +260,6 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     # Matches, COCO numbers and plots over every detection (score > 0), whatever the display threshold.
     analyzer = ReportAnalyzer(evaluator, label_map, score_threshold=threshold)
     used: set[str] = set()
-    tiles: list[Tile] = []
     from tqdm import tqdm
 
     # Pictures and data go to a staging folder as they are made: memory stays flat, a failure leaves nothing.
@@ -285,11 +284,10 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
             if evaluator is not None and image_id is None:
                 result.unmatched.append(entry.source.name)
             analysed = analyzer.process(entry.source.name, image.scored, image_id)
-            k = len(tiles)
-            tiles.append(Tile(k, entry.source.name, *image.size, folder.add_picture(k, pixels)))
+            has_thumb = folder.add_picture(len(data.index), pixels)
             gts = analysed.gts if analysed.match is not None else None
             data.add(entry.source.name, entry.output_name, image.size, image.dets, gts, analysed.match,
-                     len(image.scored), image.notes)
+                     len(image.scored), image.notes, has_thumb)
         if result.num_images == 0:
             source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {describe(image_file_pattern)}"
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
@@ -314,7 +312,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         metrics = metrics_section(analysis)
         try:
             folder.commit(lambda f: write_page(
-                f, title=run_folder.name, summary=summary, metrics=metrics, tiles=tiles, classes=classes,
+                f, title=run_folder.name, summary=summary, metrics=metrics, classes=classes,
                 annotated=evaluator is not None, threshold=threshold, min_score=min_score_threshold,
                 dir_name=folder.dir_name))
             if result.metrics is not None:

@@ -151,7 +151,7 @@ class PageData:
         self.classes: set[int] = set()
 
     def add(self, name: str, output_name: str, size: tuple[int, int], dets: list, gts: list | None, match,
-            num_valid: int, notes: list[str]) -> None:
+            num_valid: int, notes: list[str], has_thumb: bool) -> None:
         k = len(self.index)
         h, w = size
         dh, dw, enlarged = display_size(h, w)
@@ -172,7 +172,7 @@ class PageData:
                        for ((x0, y0, x1, y1), c, crowd), by in zip(gts, match.gt_matched_by, strict=True)]
             self.classes.update(g[1] for g in gts)
         num_gt = -1 if gts is None else sum(1 for g in gts if not g[2])
-        self.index.append([num_gt, sorted({g[1] for g in gts or ()}), flat])
+        self.index.append([num_gt, sorted({g[1] for g in gts or ()}), flat, name, w, h, int(has_thumb)])
         self.records.append({"k": k, "name": name, "out": output_name, "w": w, "h": h, "dw": dw, "dh": dh,
                              "px": int(enlarged), "src": picture_name(k), "notes": notes, "n": num_valid,
                              "dets": det_rows, "gts": gt_rows})

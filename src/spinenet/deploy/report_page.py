@@ -11,14 +11,10 @@ from __future__ import annotations
 import html
 import time
 import urllib.parse
-from dataclasses import dataclass
-
-from spinenet.deploy.report_assets import picture_name, thumb_name
 
 # Distinct, readable box colours, picked by class id so a class keeps its colour on every image of the page.
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45", "#fabed4",
            "#469990", "#dcbeff", "#9a6324", "#800000", "#aaffc3", "#808000", "#000075", "#ffd8b1", "#ffe119")
-TILE_SIDE = 128  # css px of an index tile's picture area
 
 SORTS = (("file", "file order"), ("worst", "worst first (FP + FN)"), ("fn", "most missed (FN)"),
          ("fp", "most false positives"), ("high", "highest score first"), ("low", "lowest top score first"),
@@ -66,17 +62,6 @@ def table(header: list[str], rows: list[list[object]], cls: str = "") -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>\n" for row in rows)
     return f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>\n{body}</tbody></table>\n'
-
-
-@dataclass
-class Tile:
-    """One index entry: the image's number on the page, file name, original size and whether it has a thumbnail."""
-
-    k: int
-    name: str
-    height: int
-    width: int
-    has_thumb: bool
 
 
 def summary_section(result, pattern: str, timing: dict, seconds: float, threshold: float) -> str:
@@ -179,24 +164,13 @@ def controls(classes: dict[int, str], annotated: bool, threshold: float, min_sco
             f'<label>per page <select id="per">{per}</select></label><span id="shown"></span></div>\n')
 
 
-def tile_html(tile: Tile, dir_url: str) -> str:
-    side = max(tile.height, tile.width, 1)
-    s = TILE_SIDE / side if side > TILE_SIDE else max(1, TILE_SIDE // side)
-    w, h = max(1, round(tile.width * s)), max(1, round(tile.height * s))
-    src = f"{dir_url}/{thumb_name(tile.k) if tile.has_thumb else picture_name(tile.k)}"
-    px = ' class="px"' if s > 1 else ""
-    return (f'<a class="tile" href="#card-{tile.k}" data-k="{tile.k}"><span class="th"><img loading="lazy" '
-            f'src="{esc(src)}" alt="{esc(tile.name)}" width="{w}" height="{h}"{px}></span><span class="badge"></span>'
-            f'<span title="{esc(tile.name)}">{esc(tile.name)}</span></a>')
-
-
 def pager() -> str:
     return ('<nav class="pager"><button data-go="first">&laquo; first</button><button data-go="prev">&lsaquo; '
             'previous</button><span class="where"></span> <button data-go="next">next &rsaquo;</button>'
             '<button data-go="last">last &raquo;</button></nav>\n')
 
 
-def write_page(f, *, title: str, summary: str, metrics: str, tiles: list[Tile], classes: dict[int, str],
+def write_page(f, *, title: str, summary: str, metrics: str, classes: dict[int, str],
                annotated: bool, threshold: float, min_score: float, dir_name: str) -> None:
     """The page into text file ``f``; ``summary`` and ``metrics`` are ready (escaped) HTML fragments."""
     dir_url = urllib.parse.quote(dir_name)
@@ -208,10 +182,7 @@ def write_page(f, *, title: str, summary: str, metrics: str, tiles: list[Tile], 
             "missed objects at the display threshold) or page through the detail view below it. The threshold "
             "only changes what is drawn and counted here; the mAP above uses every detection.</p>\n")
     f.write(controls(classes, annotated, threshold, min_score) + legend(classes, annotated))
-    f.write('<div class="index" id="index">')
-    for i in range(0, len(tiles), 500):
-        f.write("\n".join(tile_html(t, dir_url) for t in tiles[i:i + 500]) + "\n")
-    f.write("</div>\n" + pager() + '<div id="detail"></div>\n' + pager())
+    f.write('<div class="index" id="index"></div>\n' + pager() + '<div id="detail"></div>\n' + pager())
     f.write("<noscript><p>The detail view needs JavaScript.</p></noscript>\n"
             f'<script src="{esc(dir_url)}/index.js"></script>\n<script src="{esc(dir_url)}/viewer.js"></script>\n'
             "</body></html>\n")

@@ -1,9 +1,10 @@
 /* spinenet report viewer (written by `spinenet report`, see spinenet/deploy/report_page.py).
  *
- * index.js sets window.SPINENET_REPORT: settings, the class palette and, per image, what the index needs to count
- * and sort at any display threshold: [number of non-crowd GT boxes (-1: no annotations), [GT class ids],
- * [class, score, flag, class, score, flag, ...]] with detections in descending score order and flag 1 true
- * positive, 0 false positive, 2 ignored (matched to a crowd box), -1 not scored.
+ * index.js sets window.SPINENET_REPORT: settings, the class palette and, per image, what the index needs to show,
+ * count and sort at any display threshold: [number of non-crowd GT boxes (-1: no annotations), [GT class ids],
+ * [class, score, flag, class, score, flag, ...], file name, width, height, has a thumbnail] with detections in
+ * descending score order and flag 1 true positive, 0 false positive, 2 ignored (matched to a crowd box), -1 not
+ * scored. The index shows its tiles in batches as it is scrolled, so 5,000 images cost the first view little.
  * The detail data of images k = 50n .. 50n+49 is in data/NNNN.js, which calls SPINENET_REPORT_CHUNK(n, records).
  * Text from the data is put in the page with textContent only, never as markup.
  */
@@ -101,25 +102,65 @@
     state.order = rows.map((r) => r[1]);
   }
 
-  const tiles = [...document.querySelectorAll('#index .tile')];
+  // Thumbnails are fetched as they scroll into the index's view (their src waits in data-src).
+  const thumbs = new IntersectionObserver((entries) => entries.forEach((e) => {
+    if (!e.isIntersecting) return;
+    e.target.src = e.target.dataset.src;
+    thumbs.unobserve(e.target);
+  }), {root: $('index'), rootMargin: '300px'});
+  const tiles = new Map();
+  const TILE = 128, BATCH = 240, FIRST = 40;
+
+  function tile(k) {
+    if (tiles.has(k)) return tiles.get(k);
+    const [, , , name, w, h, hasThumb] = R.images[k];
+    const t = el('a', 'tile');
+    t.href = '#card-' + k;
+    t.dataset.k = k;
+    const side = Math.max(w, h, 1), s = side > TILE ? TILE / side : Math.max(1, Math.floor(TILE / side));
+    const img = el('img', s > 1 ? 'px' : '');
+    img.width = Math.max(1, Math.round(w * s));
+    img.height = Math.max(1, Math.round(h * s));
+    img.alt = name;
+    img.dataset.src = R.dir + (hasThumb ? '/thumb/' : '/img/') + String(k).padStart(5, '0') + '.jpg';
+    const th = el('span', 'th');
+    th.appendChild(img);
+    const label = el('span', 'name', name);
+    label.title = name;
+    t.append(th, el('span', 'badge'), label);
+    if (tiles.size < FIRST) img.src = img.dataset.src;  // the first screenful at once: part of the first view
+    else thumbs.observe(img);
+    tiles.set(k, t);
+    return t;
+  }
 
   function badgeText(c) {
     return c.annotated ? 'TP ' + c.tp + ' FP ' + c.fp + ' FN ' + c.fn : c.n + ' det';
   }
 
-  function renderIndex() {
+  let indexShown = 0;
+  const more = el('div', 'more', 'more\u2026');
+  function moreTiles() {
     const frag = document.createDocumentFragment();
-    const shown = new Set(state.order);
-    state.order.forEach((k) => frag.appendChild(tiles[k]));
-    tiles.forEach((tile, k) => {
-      const c = state.counts[k];
-      const badge = tile.querySelector('.badge');
+    const end = Math.min(state.order.length, indexShown + BATCH);
+    for (let i = indexShown; i < end; i++) {
+      const k = state.order[i], t = tile(k), c = state.counts[k], badge = t.querySelector('.badge');
       badge.textContent = badgeText(c);
       badge.className = 'badge ' + (c.fp + c.fn > 0 ? 'bad' : 'ok');
-      tile.hidden = !shown.has(k);
-      if (tile.hidden) frag.appendChild(tile);
-    });
+      frag.appendChild(t);
+    }
+    indexShown = end;
+    if (indexShown < state.order.length) frag.appendChild(more);
     $('index').appendChild(frag);
+  }
+  new IntersectionObserver((entries) => {
+    if (entries.some((e) => e.isIntersecting)) moreTiles();
+  }, {root: $('index'), rootMargin: '400px'}).observe(more);
+
+  function renderIndex() {
+    indexShown = 0;
+    $('index').replaceChildren();
+    moreTiles();
     $('shown').textContent = state.order.length + ' of ' + R.images.length + ' image(s)';
   }
 
@@ -318,6 +359,21 @@
     });
   });
 
+  // A link may carry a starting view: report.html#sort=worst&errors=1&t=0.5&cls=3&per=50
+  const start = new URLSearchParams(location.hash.slice(1));
+  if (start.has('t') && Number.isFinite(Number(start.get('t')))) {
+    state.t = Math.min(1, Math.max(R.minScore, Number(start.get('t'))));
+  }
+  if (SORTS[start.get('sort')] && $('sort').querySelector('option[value="' + start.get('sort') + '"]')) {
+    state.sort = start.get('sort');
+  }
+  if (start.has('cls')) state.cls = Number(start.get('cls')) || -1;
+  if (start.get('errors') === '1' && R.annotated) state.errors = true;
+  if ([10, 20, 50, 100].includes(Number(start.get('per')))) state.per = Number(start.get('per'));
+  $('sort').value = state.sort;
+  $('cls').value = String(state.cls);
+  $('errors').checked = state.errors;
+  $('per').value = String(state.per);
   $('thr-range').value = state.t;
   $('thr-num').value = state.t.toFixed(2);
   window.spinenetReport = {
