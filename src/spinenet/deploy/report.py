@@ -292,7 +292,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, use_normalized_coordinates: bool = False,
                  label_map_format: str = "csv", verbose: bool = True, allow_partial: bool = False,
-                 model: str | os.PathLike | None = None) -> ReportResult:
+                 model: str | os.PathLike | None = None, source=None) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
     ``use_normalized_coordinates``: boxes are [0, 1] fractions of the original image (the seed's flag).
@@ -301,7 +301,9 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
     warning (:mod:`spinenet.deploy.run_state`). ``output`` may be an msame, ais_bench or ``spinenet infer``
     folder; ``model`` (the exported .onnx) is needed when its outputs are raw head maps, which are then
-    post-processed here (:mod:`host_postprocess`).
+    post-processed here (:mod:`host_postprocess`). ``source`` (:mod:`report_sources`: ``spinenet evaluate``'s
+    results.json, ``spinenet detect``'s output) replaces ``output`` and the images; without ``label_map_file`` its
+    own class names are used.
     """
     started = time.perf_counter()
     if label_map_format != "csv":
@@ -311,14 +313,14 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         raise ValueError(f"--max_boxes_to_draw must be >= 0, got {max_boxes_to_draw}")
     html_path = Path(output_html)
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
-    label_map = read_label_map(label_map_file)
-    outputs_in = DetectionSource(output, model)
+    label_map = read_label_map(label_map_file) if label_map_file is not None else dict(source.label_map)
+    outputs_in = source if source is not None else DetectionSource(output, model)
     run_folder = outputs_in.path
     partial_note = check_run_complete(run_folder, allow_partial)  # an interrupted `spinenet infer`: refuse or warn
-    manifest_data = read_manifest(manifest) if manifest else None
+    manifest_data = source.manifest if source is not None else read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
-    entries, skipped = collect_images(image_file_pattern, manifest_data)
+    entries, skipped = collect_images(None if source is not None else image_file_pattern, manifest_data)
     result = ReportResult(html_path, run_folder, skipped=skipped,
                           notes=[*outputs_in.notes, *([partial_note] if partial_note else [])])
     evaluator, ids_by_name = None, {}
