@@ -10,9 +10,8 @@ class name (from user label maps) is escaped.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from spinenet.deploy.report import PALETTE
 from spinenet.deploy.report_analysis import Confusion, ScoreHistogram, format_value
 from spinenet.deploy.report_coco import ClassAP, CocoSummary
 
@@ -57,20 +56,22 @@ def _axes(x0: float, y0: float, w: float, h: float, xlabel: str, ylabel: str, xt
     return out
 
 
-def class_colour(class_id: int) -> str:
-    """The class's colour, the same as its boxes on the page (report.PALETTE by class id)."""
-    return PALETTE[class_id % len(PALETTE)]
+def hue_colour(class_id: int) -> str:
+    """A distinct colour per class id (golden-angle hues) for when the page passes none of its own."""
+    return f"hsl({class_id * 137.508 % 360:.0f},70%,42%)"
 
 
 TICKS = [(k / 5, f"{k / 5:.1f}") for k in range(6)]
 
 
 def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] | None = None,
-                 width: int = 420, height: int = 340) -> str:
-    """Precision against recall at ``iou`` (0.5 or 0.75): every class thin in its colour, their mean thick black.
+                 colour: Callable[[int], str] | None = None, width: int = 420, height: int = 340) -> str:
+    """Precision against recall at ``iou`` (0.5 or 0.75): every class thin in its colour (``colour(class_id)``:
+    pass the page's box colours), their mean thick black.
 
     COCO's interpolated precision at area "all", maxDets 100; the mean's average over recall is AP50 / AP75.
     """
+    colour = colour or hue_colour
     names = class_names or {}
     aps = {c.class_id: (c.ap50 if iou == 0.5 else c.ap75) for c in summary.per_class}
     x0, y0, w, h = 48, 26, width - 62, height - 70
@@ -87,7 +88,7 @@ def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] |
     for cid, precision in summary.pr.get(iou, {}).items():
         name = names.get(cid, f"id {cid}")
         out.append(f'<polyline class="pr-class" data-class-id="{cid}" points="{line(precision)}" fill="none" '
-                   f'stroke="{class_colour(cid)}" stroke-width="1" opacity="0.6"><title>{_e(name)}: AP '
+                   f'stroke="{colour(cid)}" stroke-width="1" opacity="0.6"><title>{_e(name)}: AP '
                    f"{format_value(aps.get(cid))}</title></polyline>")
     if overall is not None:
         out.append(f'<polyline class="pr-all" points="{line(overall)}" fill="none" stroke="#000" stroke-width="2.5">'
