@@ -113,7 +113,12 @@ def match_image(dets: Sequence[tuple[Box, int, float]], gts: Sequence[tuple[Box,
     # Ground truth in COCO's visiting order: non-crowd first, then crowd, each in input order (stable sort).
     gt_order = sorted(range(len(gts)), key=lambda g: crowd[g])
     cap = min(iou_threshold, 1 - 1e-10)
+    # A detection with no same-class box at IoU >= cap can match nothing: only the others walk the boxes.
+    same = np.array(det_cls)[:, None] == np.array(gt_cls)[None] if dets and gts else np.zeros(ious.shape, bool)
+    hopeful = ((ious >= cap) & same).any(1).tolist()
     for d in sorted(range(len(dets)), key=lambda i: -scores[i]):  # stable, as np.argsort(kind="mergesort")
+        if not hopeful[d]:
+            continue
         best, m = cap, -1
         for g in gt_order:
             if gt_cls[g] != det_cls[d]:
