@@ -105,6 +105,6 @@ def test_eighty_classes_render_fast():
             per_class_ap_svg(a.coco.per_class), score_histogram_svg(a.histogram, 0.3),
             confusion_matrix_svg(a.confusion)]
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, elapsed
+    assert elapsed < 1.0, elapsed  # ~0.06 s here; generous for a loaded CI machine
     assert len(find(parse(svgs[0]), "pr-class")) == 80 and len(find(parse(svgs[2]), "ap-bar")) == 80
     assert sum(len(s) for s in svgs) < 600_000

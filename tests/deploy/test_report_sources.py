@@ -167,4 +167,6 @@ def test_bad_detect_folder_is_a_one_line_error(tmp_path, capsys):
         assert len(err.splitlines()) == 1 and says in err and str(folder) in err, err
     assert main(["report", "--from_detect", str(bad), "--model", "x.onnx", "--output_html", str(html)]) == 1
     assert "--model is for --output folders" in capsys.readouterr().err
+    assert main(["report", "--output", str(bad), "--output_html", str(html)]) == 1  # only --output needs a label map
+    assert "--label_map_file is required with --output" in capsys.readouterr().err
     assert not html.exists()

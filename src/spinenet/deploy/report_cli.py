@@ -31,9 +31,10 @@ name); --from_detect finds each image at the path detect recorded, beside its de
 def add_report_parser(subparsers) -> None:
     p = subparsers.add_parser("report", help="HTML page of msame/infer/evaluate/detect outputs on their images "
                                              "(+ COCO mAP)",
-                              description="Draw the detections of an msame (or spinenet infer) output folder on "
-                                          "the original images into one self-contained HTML page; with "
-                                          "--annotations also score them with COCO mAP.",
+                              description="Draw the detections of an msame, ais_bench or spinenet infer output "
+                                          "folder (or spinenet evaluate's results.json, or spinenet detect's "
+                                          "output) on the original images into an HTML page; with --annotations "
+                                          "also score them with COCO mAP.",
                               epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--output", help="msame, ais_bench or spinenet infer output folder: the run folder or its "
