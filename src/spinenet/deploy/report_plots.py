@@ -99,14 +99,20 @@ def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] |
     return "\n".join(out)
 
 
-def per_class_ap_svg(per_class: Sequence[ClassAP], width: int = 520, row: int = 16) -> str:
-    """Horizontal bars, best class first: AP@[.5:.95] solid, AP50 as a lighter bar behind it; "n/a" without GT."""
-    order = sorted(per_class, key=lambda c: (c.ap is None, -(c.ap or 0.0), c.class_id))
+def per_class_ap_svg(per_class: Sequence[ClassAP], width: int = 520, row: int = 16, drop_empty: bool = True) -> str:
+    """Horizontal bars, best class first: AP@[.5:.95] solid, AP50 as a lighter bar behind it; "n/a" without GT.
+
+    ``drop_empty`` leaves out classes with neither ground truth nor detections (the title says how many).
+    """
+    shown = [c for c in per_class if not drop_empty or c.num_gt or c.num_det]
+    order = sorted(shown, key=lambda c: (c.ap is None, -(c.ap or 0.0), c.class_id))
+    hidden = len(per_class) - len(shown)
     label_w = min(200, 12 + 6.5 * max((len(c.name) for c in order), default=4))
     x0, y0 = label_w, 44
     w = width - x0 - 52
     height = y0 + row * len(order) + 36
-    out = _open("per-class-ap", width, height, "AP per class", classes=len(order))
+    title = "AP per class" + (f" ({hidden} without boxes or detections not shown)" if hidden else "")
+    out = _open("per-class-ap", width, height, title, classes=len(order))
     out.append(f'<rect x="{_n(x0)}" y="28" width="10" height="10" fill="{ALL_COLOUR}" opacity="0.35"/>'
                f'<text x="{_n(x0 + 14)}" y="37">AP50</text><rect x="{_n(x0 + 60)}" y="28" width="10" height="10" '
                f'fill="#4363d8"/><text x="{_n(x0 + 74)}" y="37">AP@[.5:.95]</text>')
