@@ -93,6 +93,13 @@ def test_coco_numbers_per_class_ap_and_pr_curves_agree_with_pycocotools(tmp_path
     assert a.metrics["APs"] == -1.0 and a.metrics["num_images"] == len(dets)  # today's metrics form
 
 
+def test_stat_labels_follow_the_evaluators_names():
+    from spinenet.deploy.report_coco import STAT_LABELS
+    from spinenet.engine.evaluate import STAT_NAMES
+
+    assert tuple(STAT_LABELS) == STAT_NAMES
+
+
 def test_every_detection_is_scored_whatever_the_display_threshold():
     doc, dets = synthetic(1)
     low = analyze(dets, coco(doc), score_threshold=0.05)
@@ -142,3 +149,41 @@ def test_without_annotations_and_unmatched_images():
     assert a.coco.stats["AP"] == pytest.approx(pycocotools_stats(doc, dets)[0], abs=1e-12)
     empty = analyze([(n, []) for n, _ in dets], coco(doc))  # no detections at all: AP 0, not an error
     assert empty.coco.stats["AP"] == 0.0 and empty.confusion.matrix[0][-1] > 0
+
+
+def test_analyzer_scores_network_boxes_exactly_as_spinenet_evaluate():
+    """Graph outputs (network pixels, float32) through scored_boxes + ReportAnalyzer give CocoEvaluator's numbers."""
+    import torch
+
+    from spinenet.deploy.report_analysis import ReportAnalyzer, scored_boxes
+    from spinenet.engine.evaluate import CocoEvaluator
+
+    doc, dets = synthetic(3, 5)
+    rng = np.random.default_rng(3)
+    scale = np.float32([640 / 200, 640 / 200 * 0.75])  # an odd per-axis scale: float32 rounding matters
+    boxes = np.zeros((5, 100, 4), np.float32)
+    scores = np.full((5, 100), -1.0, np.float32)
+    classes = np.zeros((5, 100), np.int64)
+    for b, (_, ds) in enumerate(dets):
+        for k, d in enumerate(ds):
+            boxes[b, k] = np.array(d.box) * np.tile(scale, 2) + rng.normal(0, 0.01, 4)
+            scores[b, k], classes[b, k] = d.score, d.class_id
+    evaluator = CocoEvaluator.__new__(CocoEvaluator)
+    evaluator.coco_gt = coco(doc)
+    evaluator.reset()
+    info = np.tile(np.float32([[200, 200], [640, 640], scale, [0, 0]]), (5, 1, 1))
+    evaluator.process({"detection_boxes": torch.from_numpy(boxes), "detection_scores": torch.from_numpy(scores),
+                       "detection_classes": torch.from_numpy(classes)}, torch.from_numpy(info), [100 + b for b in
+                                                                                                 range(5)])
+    expected = evaluator.evaluate(verbose=False)
+    analyzer = ReportAnalyzer(coco(doc))
+    for b in range(5):
+        valid = scores[b] > 0
+        yxyx = scored_boxes(boxes[b][valid], scale)
+        analyzer.process(f"img{b}.jpg", [Detection(int(c), "", float(s), tuple(v)) for c, s, v in
+                                         zip(classes[b][valid], scores[b][valid], yxyx.tolist(), strict=True)])
+    got = analyzer.finish().metrics
+    assert {k: got[k] for k in ("AP", "AP50", "AP75", "AR100")} == {k: expected[k] for k in ("AP", "AP50", "AP75",
+                                                                                          "AR100")}
+    keys = ("image_id", "category_id", "bbox", "score")  # (loadRes adds its own keys to the evaluator's list)
+    assert analyzer.results == [{k: r[k] for k in keys} for r in evaluator.results]  # the same results, bit for bit

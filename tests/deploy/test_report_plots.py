@@ -47,9 +47,11 @@ def test_plots_carry_markers_and_one_mark_per_item():
         (overall,) = find(root, "pr-all")
         points = [tuple(map(float, p.split(","))) for p in overall.get("points").split()]
         assert len(points) == 101 and points[0][0] < points[-1][0]
-    root = parse(per_class_ap_svg(a.coco.per_class))
+    root = parse(per_class_ap_svg(a.coco.per_class, drop_empty=False))
     assert root.get("class") == "plot per-class-ap"
     assert [int(g.get("data-class-id")) for g in find(root, "ap-bar")][-1] == 5 and len(find(root, "ap-bar")) == 3
+    root = parse(per_class_ap_svg(a.coco.per_class))  # class 5: no box, no detection -> left out, and said so
+    assert len(find(root, "ap-bar")) == 2 and "1 without boxes or detections not shown" in root.get("aria-label")
     root = parse(score_histogram_svg(a.histogram, 0.3))
     assert root.get("data-series") == "tp,fp"
     tp_bars = find(root, "bar-tp")
@@ -105,6 +107,6 @@ def test_eighty_classes_render_fast():
             per_class_ap_svg(a.coco.per_class), score_histogram_svg(a.histogram, 0.3),
             confusion_matrix_svg(a.confusion)]
     elapsed = time.perf_counter() - start
-    assert elapsed < 0.5, elapsed
-    assert len(find(parse(svgs[0]), "pr-class")) == 80 and len(find(parse(svgs[2]), "ap-bar")) == 80
+    assert elapsed < 1.0, elapsed  # ~0.06 s here; generous for a loaded CI machine
+    assert len(find(parse(svgs[0]), "pr-class")) == 80 and len(find(parse(svgs[2]), "ap-bar")) == 80  # all have GT
     assert sum(len(s) for s in svgs) < 600_000

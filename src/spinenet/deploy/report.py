@@ -28,7 +28,7 @@ from spinenet.data.label_map import read_label_map
 from spinenet.deploy.file_patterns import describe, match_files
 from spinenet.deploy.host_postprocess import DetectionSource
 from spinenet.deploy.image2bin import load_rgb, read_manifest
-from spinenet.deploy.report_analysis import ReportAnalyzer
+from spinenet.deploy.report_analysis import ReportAnalyzer, scored_boxes
 from spinenet.deploy.report_assets import PageData, ReportFolder
 from spinenet.deploy.report_page import PALETTE, metrics_section, summary_section, write_page
 from spinenet.deploy.run_state import check_run_complete
@@ -210,7 +210,7 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                  annotations: str | os.PathLike | None = None, max_boxes_to_draw: int = 10,
                  min_score_threshold: float = 0.05, display_threshold: float = 0.3,
                  use_normalized_coordinates: bool = False, label_map_format: str = "csv", verbose: bool = True,
-                 allow_partial: bool = False, model: str | os.PathLike | None = None) -> ReportResult:
+                 allow_partial: bool = False, model: str | os.PathLike | None = None, source=None) -> ReportResult:
     """Render the msame outputs under ``output`` on their images into ``output_html``; see the module docstring.
 
     The page goes with a folder ``<html stem>_files/`` (pictures, thumbnails, data; :mod:`report_assets`), both
@@ -223,7 +223,9 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
     A run folder that ``spinenet infer`` did not finish is refused, or with ``allow_partial`` reported with a
     warning (:mod:`spinenet.deploy.run_state`). ``output`` may be an msame, ais_bench or ``spinenet infer``
     folder; ``model`` (the exported .onnx) is needed when its outputs are raw head maps, which are then
-    post-processed here (:mod:`host_postprocess`).
+    post-processed here (:mod:`host_postprocess`). ``source`` (:mod:`report_sources`: ``spinenet evaluate``'s
+    results.json, ``spinenet detect``'s output) replaces ``output`` and the images; without ``label_map_file`` its
+    own class names are used.
     """
     started = time.perf_counter()
     if label_map_format != "csv":
@@ -235,14 +237,14 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
         raise ValueError(f"--display_threshold must be within [0, 1], got {display_threshold}")
     html_path = Path(output_html)
     _check_writable(html_path.parent)  # before the (possibly long) work, not after it
-    label_map = read_label_map(label_map_file)
-    outputs_in = DetectionSource(output, model)
+    label_map = read_label_map(label_map_file) if label_map_file is not None else dict(source.label_map)
+    outputs_in = source if source is not None else DetectionSource(output, model)
     run_folder = outputs_in.path
     partial_note = check_run_complete(run_folder, allow_partial)  # an interrupted `spinenet infer`: refuse or warn
-    manifest_data = read_manifest(manifest) if manifest else None
+    manifest_data = source.manifest if source is not None else read_manifest(manifest) if manifest else None
     if manifest_data is None and not image_file_pattern:
         raise ValueError("--image_file_pattern is required without --manifest")
-    entries, skipped = collect_images(image_file_pattern, manifest_data)
+    entries, skipped = collect_images(None if source is not None else image_file_pattern, manifest_data)
     result = ReportResult(html_path, run_folder, skipped=skipped,
                           notes=[*outputs_in.notes, *([partial_note] if partial_note else [])])
     evaluator, ids_by_name = None, {}
@@ -376,8 +378,7 @@ def _report_image(source: DetectionSource, entry: ImageEntry, pixels: np.ndarray
     # NumDetections is not used, as in the seed: padding slots hold score -1, and the evaluator keeps score > 0.
     valid = np.flatnonzero(scores > 0)
     valid = valid[np.argsort(-scores[valid], kind="stable")]  # best first: the page keeps a prefix
-    # As `spinenet evaluate` scores them (detections_to_coco): float32 boxes / float32 scale, not clipped.
-    unclipped = boxes[valid].astype(np.float32) / np.tile(scale, 2).astype(np.float32)
+    unclipped = scored_boxes(boxes[valid], scale)  # as `spinenet evaluate` scores them: not clipped
     names = [class_name(opt.label_map, int(c)) for c in classes[valid]]
     scored = [Detection(int(c), n, float(s), tuple(b))
               for c, n, s, b in zip(classes[valid], names, scores[valid], unclipped.tolist(), strict=True)]

@@ -113,7 +113,12 @@ def match_image(dets: Sequence[tuple[Box, int, float]], gts: Sequence[tuple[Box,
     # Ground truth in COCO's visiting order: non-crowd first, then crowd, each in input order (stable sort).
     gt_order = sorted(range(len(gts)), key=lambda g: crowd[g])
     cap = min(iou_threshold, 1 - 1e-10)
+    # A detection with no same-class box at IoU >= cap can match nothing: only the others walk the boxes.
+    same = np.array(det_cls)[:, None] == np.array(gt_cls)[None] if dets and gts else np.zeros(ious.shape, bool)
+    hopeful = ((ious >= cap) & same).any(1).tolist()
     for d in sorted(range(len(dets)), key=lambda i: -scores[i]):  # stable, as np.argsort(kind="mergesort")
+        if not hopeful[d]:
+            continue
         best, m = cap, -1
         for g in gt_order:
             if gt_cls[g] != det_cls[d]:
@@ -365,14 +370,20 @@ class ReportAnalyzer:
         return out
 
 
-def analyze(images: Iterable, annotations=None, label_map: dict[int, str] | None = None, *,
+def analyze(images: Iterable[tuple], annotations=None, label_map: dict[int, str] | None = None, *,
             score_threshold: float = 0.3, iou_threshold: float = 0.5, verbose: bool = False) -> ReportAnalysis:
-    """All of :class:`ReportAnalyzer` at once over ``(name, detections)`` or ``(name, detections, image_id)``
-    tuples (or :class:`spinenet.deploy.report_sources.SourceImage`)."""
+    """All of :class:`ReportAnalyzer` at once over ``(name, detections)`` or ``(name, detections, image_id)``."""
     analyzer = ReportAnalyzer(annotations, label_map, score_threshold=score_threshold, iou_threshold=iou_threshold)
     for item in images:
-        if hasattr(item, "detections"):
-            analyzer.process(item.name, item.detections, item.image_id)
-        else:
-            analyzer.process(*item)
+        analyzer.process(*item)
     return analyzer.finish(verbose)
+
+
+def scored_boxes(boxes: np.ndarray, scale: Sequence[float]) -> np.ndarray:
+    """(N, 4) ymin, xmin, ymax, xmax network pixels -> original pixels as ``spinenet evaluate`` scores them.
+
+    ``detections_to_coco`` divides float32 boxes by a float32 scale and does not clip to the image; doing the
+    same here (not float64, not clipped) gives the detections it scores to the last bit, so the report's matches
+    and mAP are those of ``spinenet evaluate``. Clip only for drawing.
+    """
+    return (np.asarray(boxes, np.float32) / np.tile(np.asarray(scale, np.float32), 2)).astype(np.float64)

@@ -18,6 +18,14 @@ post-processed on the host with the graph's own anchors and thresholds. Image i 
 (ais_bench: NNNNN_<k>); --manifest (from spinenet image2bin) gives that mapping, the original
 sizes and the letterbox scales instead. Boxes are mapped back with ImageInfo row 2 (the scale), not row 1.
 
+Other sources, instead of --output (the same page):
+  spinenet report --from_results eval/results.json --annotations instances_val2017.json \
+      --image_file_pattern 'val2017/*.jpg' --output_html report.html     (spinenet evaluate's results)
+  spinenet report --from_detect detected/ --output_html report.html   (spinenet detect --output folder)
+--from_results needs --annotations (results name images by COCO id) and --image_file_pattern (the files, by
+name); --from_detect finds each image at the path detect recorded, beside its detections.json, or by name in
+--image_file_pattern. Both take class names from the annotations / detect's output without --label_map_file.
+
 The page (report.html) comes with a folder beside it (report_files/: pictures, thumbnails, data); keep them
 together. It opens from disk in a browser, needs no network, and has a thumbnail index, a paged detail view
 and a display threshold control (--display_threshold at first).
@@ -25,14 +33,24 @@ and a display threshold control (--display_threshold at first).
 
 
 def add_report_parser(subparsers) -> None:
-    p = subparsers.add_parser("report", help="HTML page of msame/infer outputs on their images (+ COCO mAP)",
-                              description="Draw the detections of an msame (or spinenet infer) output folder on "
-                                          "the original images in an HTML page (with a folder of pictures beside "
-                                          "it); with --annotations also mark true / false positives and missed "
-                                          "objects, and score them with COCO mAP.",
+    p = subparsers.add_parser("report", help="HTML page of msame/infer/evaluate/detect outputs on their images "
+                                             "(+ COCO mAP)",
+                              description="Draw the detections of an msame, ais_bench or spinenet infer output "
+                                          "folder (or spinenet evaluate's results.json, or spinenet detect's "
+                                          "output) on the original images in an HTML page (with a folder of "
+                                          "pictures beside it); with --annotations also mark true / false "
+                                          "positives and missed objects, and score them with COCO mAP.",
                               epilog=REPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", required=True, help="msame output folder: the run folder or its parent")
-    p.add_argument("--label_map_file", required=True, help="label map, lines 'id:name' (coco_label_map.csv)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--output", help="msame, ais_bench or spinenet infer output folder: the run folder or its "
+                                         "parent")
+    source.add_argument("--from_results", metavar="RESULTS_JSON",
+                        help="spinenet evaluate's results.json (needs --annotations and --image_file_pattern)")
+    source.add_argument("--from_detect", metavar="DIR",
+                        help="a spinenet detect --output folder (its detections.json and the original images)")
+    p.add_argument("--label_map_file", default=None,
+                   help="label map, lines 'id:name' (coco_label_map.csv); required with --output, else the class "
+                        "names of the annotations or of detect's output")
     p.add_argument("--label_map_format", default="csv", choices=["csv"], help="only csv, as in the seed")
     p.add_argument("--image_file_pattern", nargs="+", default=None,
                    help="glob(s) of the original images, as given to image2bin (required without --manifest)")
@@ -60,13 +78,26 @@ def add_report_parser(subparsers) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     from spinenet.deploy.report import write_report
+    from spinenet.deploy.report_sources import detect_source, results_source
 
-    result = write_report(args.output, args.label_map_file, args.output_html, args.image_file_pattern,
+    source = None
+    if (args.from_results or args.from_detect) and (args.model or args.manifest or args.use_normalized_coordinates):
+        flag = "--model" if args.model else "--manifest" if args.manifest else "--use_normalized_coordinates"
+        raise ValueError(f"{flag} is for --output folders; --from_results and --from_detect hold boxes in original "
+                         "pixels already: leave it out")
+    if args.from_results:
+        source = results_source(args.from_results, args.annotations, args.image_file_pattern)
+    elif args.from_detect:
+        source = detect_source(args.from_detect, args.image_file_pattern)
+    elif args.label_map_file is None:
+        raise ValueError("--label_map_file is required with --output (lines 'id:name', e.g. coco_label_map.csv)")
+    output = args.output or source.path
+    result = write_report(output, args.label_map_file, args.output_html, args.image_file_pattern,
                           manifest=args.manifest, annotations=args.annotations,
                           max_boxes_to_draw=args.max_boxes_to_draw, min_score_threshold=args.min_score_threshold,
                           display_threshold=args.display_threshold,
                           use_normalized_coordinates=args.use_normalized_coordinates,
                           label_map_format=args.label_map_format, verbose=not args.no_progress,
-                          allow_partial=args.allow_partial, model=args.model)
+                          allow_partial=args.allow_partial, model=args.model, source=source)
     print(result.summary())
     return 0

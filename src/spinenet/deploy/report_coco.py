@@ -16,9 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from spinenet.engine.evaluate import STAT_NAMES
-
-# What each number of COCOeval.summarize() is (its own print format, shortened).
+# What each number of COCOeval.summarize() is (its own print format, shortened), in the order of
+# spinenet.engine.evaluate.STAT_NAMES (not imported here: that module loads torch, which plotting does not need).
 STAT_LABELS = {"AP": "AP @[IoU=.50:.95]", "AP50": "AP @[IoU=.50]", "AP75": "AP @[IoU=.75]",
                "APs": "AP small", "APm": "AP medium", "APl": "AP large",
                "AR1": "AR maxDets=1", "AR10": "AR maxDets=10", "AR100": "AR maxDets=100",
@@ -84,7 +83,7 @@ def coco_evaluate(coco_gt, results: list[dict], image_ids: list[int], verbose: b
         ev.summarize()
     if verbose:
         print(buf.getvalue().split("DONE", 1)[-1].split("\n", 1)[-1].rstrip())
-    stats = {name: (None if v == -1 else float(v)) for name, v in zip(STAT_NAMES, ev.stats, strict=True)}
+    stats = {name: (None if v == -1 else float(v)) for name, v in zip(STAT_LABELS, ev.stats, strict=True)}
     p = ev.params
     precision = ev.eval["precision"][:, :, :, p.areaRngLbl.index("all"), p.maxDets.index(100)]  # (T, R, K)
     t_index = {t: int(np.where(p.iouThrs == t)[0][0]) for t in PR_IOUS}  # as summarize() finds .5 and .75

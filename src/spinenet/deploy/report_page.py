@@ -47,6 +47,11 @@ max-width:512px}.pic{position:relative;max-width:100%;line-height:0}.pic img{wid
 table.dets,table.gts{font-size:85%}"""
 
 
+def class_colour(class_id: int) -> str:
+    """The colour of a class's boxes (and PR curve) everywhere on the page."""
+    return PALETTE[class_id % len(PALETTE)]
+
+
 def esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -119,7 +124,7 @@ def metrics_section(analysis) -> str:
                           [list(r) for r in analysis.per_class_rows()], "per-class")
         parts.append('<h3>Per class</h3><div class="plots">' + per_class
                      + f"<figure>{plots.per_class_ap_svg(coco.per_class)}</figure></div>")
-        figures = [plots.pr_curve_svg(coco, iou, analysis.class_names) for iou in (0.5, 0.75)]
+        figures = [plots.pr_curve_svg(coco, iou, analysis.class_names, colour=class_colour) for iou in (0.5, 0.75)]
         figures.append(plots.score_histogram_svg(analysis.histogram, analysis.score_threshold))
         if analysis.confusion is not None:
             figures.append(plots.confusion_matrix_svg(analysis.confusion))

@@ -10,9 +10,8 @@ class name (from user label maps) is escaped.
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from spinenet.deploy.report import PALETTE
 from spinenet.deploy.report_analysis import Confusion, ScoreHistogram, format_value
 from spinenet.deploy.report_coco import ClassAP, CocoSummary
 
@@ -57,20 +56,22 @@ def _axes(x0: float, y0: float, w: float, h: float, xlabel: str, ylabel: str, xt
     return out
 
 
-def class_colour(class_id: int) -> str:
-    """The class's colour, the same as its boxes on the page (report.PALETTE by class id)."""
-    return PALETTE[class_id % len(PALETTE)]
+def hue_colour(class_id: int) -> str:
+    """A distinct colour per class id (golden-angle hues) for when the page passes none of its own."""
+    return f"hsl({class_id * 137.508 % 360:.0f},70%,42%)"
 
 
 TICKS = [(k / 5, f"{k / 5:.1f}") for k in range(6)]
 
 
 def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] | None = None,
-                 width: int = 420, height: int = 340) -> str:
-    """Precision against recall at ``iou`` (0.5 or 0.75): every class thin in its colour, their mean thick black.
+                 colour: Callable[[int], str] | None = None, width: int = 420, height: int = 340) -> str:
+    """Precision against recall at ``iou`` (0.5 or 0.75): every class thin in its colour (``colour(class_id)``:
+    pass the page's box colours), their mean thick black.
 
     COCO's interpolated precision at area "all", maxDets 100; the mean's average over recall is AP50 / AP75.
     """
+    colour = colour or hue_colour
     names = class_names or {}
     aps = {c.class_id: (c.ap50 if iou == 0.5 else c.ap75) for c in summary.per_class}
     x0, y0, w, h = 48, 26, width - 62, height - 70
@@ -87,7 +88,7 @@ def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] |
     for cid, precision in summary.pr.get(iou, {}).items():
         name = names.get(cid, f"id {cid}")
         out.append(f'<polyline class="pr-class" data-class-id="{cid}" points="{line(precision)}" fill="none" '
-                   f'stroke="{class_colour(cid)}" stroke-width="1" opacity="0.6"><title>{_e(name)}: AP '
+                   f'stroke="{colour(cid)}" stroke-width="1" opacity="0.6"><title>{_e(name)}: AP '
                    f"{format_value(aps.get(cid))}</title></polyline>")
     if overall is not None:
         out.append(f'<polyline class="pr-all" points="{line(overall)}" fill="none" stroke="#000" stroke-width="2.5">'
@@ -98,14 +99,20 @@ def pr_curve_svg(summary: CocoSummary, iou: float, class_names: dict[int, str] |
     return "\n".join(out)
 
 
-def per_class_ap_svg(per_class: Sequence[ClassAP], width: int = 520, row: int = 16) -> str:
-    """Horizontal bars, best class first: AP@[.5:.95] solid, AP50 as a lighter bar behind it; "n/a" without GT."""
-    order = sorted(per_class, key=lambda c: (c.ap is None, -(c.ap or 0.0), c.class_id))
+def per_class_ap_svg(per_class: Sequence[ClassAP], width: int = 520, row: int = 16, drop_empty: bool = True) -> str:
+    """Horizontal bars, best class first: AP@[.5:.95] solid, AP50 as a lighter bar behind it; "n/a" without GT.
+
+    ``drop_empty`` leaves out classes with neither ground truth nor detections (the title says how many).
+    """
+    shown = [c for c in per_class if not drop_empty or c.num_gt or c.num_det]
+    order = sorted(shown, key=lambda c: (c.ap is None, -(c.ap or 0.0), c.class_id))
+    hidden = len(per_class) - len(shown)
     label_w = min(200, 12 + 6.5 * max((len(c.name) for c in order), default=4))
     x0, y0 = label_w, 44
     w = width - x0 - 52
     height = y0 + row * len(order) + 36
-    out = _open("per-class-ap", width, height, "AP per class", classes=len(order))
+    title = "AP per class" + (f" ({hidden} without boxes or detections not shown)" if hidden else "")
+    out = _open("per-class-ap", width, height, title, classes=len(order))
     out.append(f'<rect x="{_n(x0)}" y="28" width="10" height="10" fill="{ALL_COLOUR}" opacity="0.35"/>'
                f'<text x="{_n(x0 + 14)}" y="37">AP50</text><rect x="{_n(x0 + 60)}" y="28" width="10" height="10" '
                f'fill="#4363d8"/><text x="{_n(x0 + 74)}" y="37">AP@[.5:.95]</text>')
