@@ -286,10 +286,13 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
             if evaluator is not None and image_id is None:
                 result.unmatched.append(entry.source.name)
             analysed = analyzer.process(entry.source.name, image.scored, image_id)
-            has_thumb = folder.add_picture(len(data.index), pixels)
             gts = analysed.gts if analysed.match is not None else None
-            data.add(entry.source.name, entry.output_name, image.size, image.dets, gts, analysed.match,
-                     len(image.scored), image.notes, has_thumb)
+            try:
+                has_thumb = folder.add_picture(len(data.index), pixels)
+                data.add(entry.source.name, entry.output_name, image.size, image.dets, gts, analysed.match,
+                         len(image.scored), image.notes, has_thumb)
+            except OSError as e:
+                raise _write_error(html_path, e) from e
         if result.num_images == 0:
             source = f"--manifest {manifest}" if manifest else f"--image_file_pattern {describe(image_file_pattern)}"
             first = f" (first: {(result.missing or result.skipped)[0][1]})" if result.missing or result.skipped else ""
@@ -323,8 +326,13 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                     {**result.metrics, "annotations": str(annotations), "run_folder": str(run_folder),
                      "unmatched_images": result.unmatched, "analysis": analysis.to_json()}, f, indent=1))
         except OSError as e:
-            raise ValueError(f"cannot write the HTML report into folder {html_path.parent}: {e.strerror or e}") from e
+            raise _write_error(html_path, e) from e
     return result
+
+
+def _write_error(html_path: Path, e: OSError) -> ValueError:
+    return ValueError(f"cannot write the HTML report into folder {html_path.parent}: {e.strerror or e} (nothing "
+                      "was left half-written; free space or choose another --output_html)")
 
 
 @dataclass

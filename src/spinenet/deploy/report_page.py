@@ -88,7 +88,7 @@ def summary_section(result, pattern: str, timing: dict, seconds: float, threshol
             ["images reported", result.num_images], ["detections (score > 0)", result.num_detections],
             ["detections drawn", result.num_drawn], ["images without usable outputs", len(result.missing)],
             ["files skipped", len(result.skipped)], ["report seconds", f"{seconds:.3f}"]]
-    full += [[f"infer: {k}", v] for k, v in timing.items()]
+    full += [[f"infer: {k}", f"{v:.6g}" if isinstance(v, float) else v] for k, v in timing.items()]
     parts = [f'<p class="lead">{lead}</p>', "<h2>Run summary</h2>", table(["item", "value"], rows, "summary"),
              "<details><summary>all run details</summary>", table(["item", "value"], full, "summary-full"),
              "</details>"]
