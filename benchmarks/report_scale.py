@@ -1,13 +1,14 @@
 """``spinenet report`` at scale: a 5,000-image page, its generation time and its first view in headless Chromium.
 
-    python benchmarks/report_scale.py [--images 5000] [--work /tmp/spinenet_report_scale] [--runs 3]
+    python benchmarks/report_scale.py [--images 5000] [--work /tmp/spinenet_report_scale] [--runs 3] [--full]
 
 Inputs (made once under ``--work``, reused afterwards; not timed): ``spinenet synth``'s generator writes N
 held-out images of 128 px (10 % of them odd sizes) with their COCO annotations; the detections are
 **synthetic, derived from the ground truth**, not from a model: each object is found with probability 0.9 as a
 box jittered by up to 10 % of its size (score 0.4-1.0; 5 % of them with a wrong class), and each image gets 0-3
-false positives (random boxes, score 0.05-0.6) and 0-20 low-score clutter boxes (score 0.01-0.1), written as an
-msame folder (five BIN outputs per image, ImageInfo of the raw image as the seed's graph writes it).
+false positives (random boxes, score 0.05-0.6) and 0-20 low-score clutter boxes (score 0.01-0.1) — with
+``--full``, clutter up to all 100 output slots, the worst case a real graph gives — written as an msame folder
+(five BIN outputs per image, ImageInfo of the raw image as the seed's graph writes it).
 
 Timed: ``write_report`` with ``--annotations`` (reading 5 outputs per image, decoding every image, COCO
 evaluation, per-image matching, plots, writing pictures, thumbnails and data) — target <= 120 s on this CPU.
@@ -47,7 +48,7 @@ PROBE = """<script>window.addEventListener('load', () => {
 });</script>"""
 
 
-def make_inputs(work: Path, num_images: int, seed: int = 1) -> tuple[Path, Path, Path]:
+def make_inputs(work: Path, num_images: int, seed: int = 1, full: bool = False) -> tuple[Path, Path, Path]:
     """Images + annotations (spinenet synth's generator) and a synthetic msame folder; returns (images dir,
     annotation file, run folder). Reused when already there."""
     from spinenet.data.synthetic import make_synthetic_dataset
@@ -56,7 +57,7 @@ def make_inputs(work: Path, num_images: int, seed: int = 1) -> tuple[Path, Path,
     data, run = work / "data", work / "out" / "20261205_120000"
     ann_file = data / "annotations" / "instances_val.json"
     done = work / "inputs.done"
-    if done.exists() and json.loads(done.read_text()) == {"images": num_images, "seed": seed}:
+    if done.exists() and json.loads(done.read_text()) == {"images": num_images, "seed": seed, "full": full}:
         return data / "val", ann_file, run
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
@@ -80,7 +81,9 @@ def make_inputs(work: Path, num_images: int, seed: int = 1) -> tuple[Path, Path,
             sx, sy = 1 + rng.uniform(-0.1, 0.1, 2)
             cls = a["category_id"] if rng.random() > 0.05 else int(rng.choice(class_ids))
             rows.append((y + jy, x + jx, y + jy + bh * sy, x + jx + bw * sx, cls, rng.uniform(0.4, 1.0)))
-        for lo, hi, n in ((0.05, 0.6, rng.integers(0, 4)), (0.01, 0.1, rng.integers(0, 21))):
+        fps = int(rng.integers(0, 4))
+        clutter = 100 - len(rows) - fps if full else int(rng.integers(0, 21))
+        for lo, hi, n in ((0.05, 0.6, fps), (0.01, 0.1, clutter)):
             for _ in range(n):
                 y0, x0 = rng.uniform(0, h * 0.8), rng.uniform(0, w * 0.8)
                 rows.append((y0, x0, y0 + rng.uniform(4, h * 0.4), x0 + rng.uniform(4, w * 0.4),
@@ -95,7 +98,7 @@ def make_inputs(work: Path, num_images: int, seed: int = 1) -> tuple[Path, Path,
         arrays = [np.array([min(len(rows), 100)], np.int32), boxes, classes, scores, info]
         for k, a in enumerate(arrays):
             write_output(run, f"{i:05d}", k, a, "BIN")
-    done.write_text(json.dumps({"images": num_images, "seed": seed}))
+    done.write_text(json.dumps({"images": num_images, "seed": seed, "full": full}))
     print(f"inputs: {num_images} images + synthetic detections in {time.perf_counter() - t0:.0f} s (not timed)")
     return data / "val", ann_file, run
 
@@ -127,6 +130,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--work", default="/tmp/spinenet_report_scale")
     parser.add_argument("--runs", type=int, default=3, help="first-view measurements (median reported)")
+    parser.add_argument("--full", action="store_true", help="100 detections per image (clutter fills the slots)")
     args = parser.parse_args()
     from spinenet.deploy.benchmark import lscpu_fields
     from spinenet.deploy.report import write_report
@@ -135,7 +139,7 @@ def main() -> int:
     if chromium is None:
         raise SystemExit("needs Debian's chromium (apt-get install chromium)")
     work = Path(args.work)
-    images, ann_file, run = make_inputs(work, args.images)
+    images, ann_file, run = make_inputs(work, args.images, full=args.full)
     labels = work / "labels.csv"
     cats = json.loads(ann_file.read_text())["categories"]
     labels.write_text("".join(f"{c['id']}:{c['name']}\n" for c in cats))
