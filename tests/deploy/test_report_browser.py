@@ -26,19 +26,26 @@ ROOT = Path(__file__).resolve().parents[2]
 CKPT = ROOT / "demo" / "shapes49s_fp16.pt"
 
 # Shared by both probes: the cards of the detail page on show, once their pictures are decoded.
-CARDS = """
+CARDS = r"""
 async function cards() {
   return Promise.all([...document.querySelectorAll('#detail .card')].map(async (c) => {
     const img = c.querySelector('.pic img');
     let decoded = false;
     try { await img.decode(); decoded = img.naturalWidth > 0; } catch (e) { decoded = false; }
     const q = (s) => c.querySelectorAll(s).length;
+    const [, , W, H] = c.querySelector('.pic svg').getAttribute('viewBox').split(' ').map(Number);
+    const outside = [...c.querySelectorAll('svg .label rect')].filter((r) => {
+      const [x, y, w, h] = ['x', 'y', 'width', 'height'].map((a) => Number(r.getAttribute(a)));
+      return x < -1e-6 || y < -1e-6 || x + w > W + 1e-6 || y + h > H + 1e-6;
+    }).length;
+    const colours = [...c.querySelectorAll('svg rect.det')].map((r) => [r.querySelector('title').textContent
+      .replace(/ \d+\.\d%.*/, ''), r.getAttribute('stroke')]);
     return {k: Number(c.dataset.k), name: c.querySelector('h3').firstChild.textContent.trim(), decoded,
             shown: [img.getBoundingClientRect().width, img.getBoundingClientRect().height],
             natural: [img.naturalWidth, img.naturalHeight], pixelated: getComputedStyle(img).imageRendering,
             dets: q('svg rect.det'), tp: q('svg rect.det.tp'), fp: q('svg rect.det.fp'), gts: q('svg rect.gt'),
             missed: q('svg rect.gt.missed'), labels: [...c.querySelectorAll('svg .label text')].map(t => t.textContent),
-            counts: c.querySelector('.counts').textContent,
+            counts: c.querySelector('.counts').textContent, outside, colours,
             rows: [...c.querySelectorAll('table.dets tbody tr')].map(r => [...r.cells].map(x => x.textContent))};
   }));
 }
@@ -227,6 +234,14 @@ def test_200_held_out_images_with_annotations(chromium, demo_report, tmp_path):
         tp, fp, fn = (int(v) for v in re.match(r"TP (\d+) · FP (\d+) · FN (\d+)", c["counts"]).groups())
         assert (tp, fp, tp + fn, fn) == (c["tp"], c["fp"], gts[c["name"]], c["missed"]), c
     assert sum(c["fp"] for c in cards) > 0 and sum(c["missed"] for c in cards) > 0  # errors are there to see
+    # labels inside their picture; one colour per class on every picture, a different one for each class
+    assert all(c["outside"] == 0 for c in cards)
+    colours = {}
+    for c in cards:
+        for name, colour in c["colours"]:
+            colours.setdefault(name, set()).add(colour)
+    assert sorted(colours) == ["circle", "cross", "square", "star", "triangle"]
+    assert all(len(v) == 1 for v in colours.values()) and len(set.union(*colours.values())) == 5
     # the threshold control changes what is shown: page 1 at 0.9, then back at 0.3
     first = out["first"]
     assert out["at"]["0.30"] == sum(above[n] for n in first) == out["at"]["0.30 again"]
