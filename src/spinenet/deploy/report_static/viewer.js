@@ -146,7 +146,7 @@
     for (let i = indexShown; i < end; i++) {
       const k = state.order[i], t = tile(k), c = state.counts[k], badge = t.querySelector('.badge');
       badge.textContent = badgeText(c);
-      badge.className = 'badge ' + (c.fp + c.fn > 0 ? 'bad' : 'ok');
+      badge.className = 'badge' + (!c.annotated ? '' : c.fp + c.fn > 0 ? ' bad' : ' ok');
       frag.appendChild(t);
     }
     indexShown = end;
