@@ -9,6 +9,7 @@ makes 0600) where a plain ``open`` would have given the usual umask-respecting 0
 from __future__ import annotations
 
 import errno
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -77,6 +78,19 @@ def atomic_write(path: str | os.PathLike, write: Callable, *, binary: bool = Fal
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def strict_json(value: object) -> object:
+    """``value`` with every NaN/±inf float replaced by ``None``: Python's ``json`` would write them as ``NaN``,
+    which is not JSON and which strict readers (browsers' ``JSON.parse``, jq, Go, Rust) reject. COCO's per-class
+    AP is NaN for a class with no ground truth, so every metrics file goes through this."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -204,13 +204,19 @@ def test_nothing_to_report_names_folder_and_pattern(tmp_path, label_map):
         write_report(tmp_path / "out", label_map, tmp_path / "r.html", str(tmp_path / "none/*.jpg"), verbose=False)
 
 
-def coco_annotations(path, names):
-    """One 30x20 ``person`` per image at original xywh (20, 10, 30, 20) = yxyx (10, 20, 30, 50)."""
+def coco_annotations(path, names, extra_categories=()):
+    """One 30x20 ``person`` per image at original xywh (20, 10, 30, 20) = yxyx (10, 20, 30, 50); the
+    ``extra_categories`` (id, name) have no object."""
     images = [{"id": 10 + i, "file_name": f"val/{n}", "height": H, "width": W} for i, n in enumerate(names)]
     anns = [{"id": i + 1, "image_id": img["id"], "category_id": 1, "bbox": [20, 10, 30, 20], "area": 600,
              "iscrowd": 0} for i, img in enumerate(images)]
-    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}))
+    categories = [{"id": 1, "name": "person"}] + [{"id": i, "name": n} for i, n in extra_categories]
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": categories}))
     return path
+
+
+def _no_nan(constant: str):
+    raise AssertionError(f"{constant} in a JSON file: not JSON, strict readers reject it")
 
 
 @pytest.mark.parametrize("box,ap,ap50,ap75", [
@@ -221,15 +227,17 @@ def coco_annotations(path, names):
 ])
 def test_map_with_annotations(tmp_path, label_map, box, ap, ap50, ap75):
     pattern = make_images(tmp_path / "images", ["a.jpg", "extra.jpg"])
-    ann = coco_annotations(tmp_path / "instances.json", ["a.jpg"])  # extra.jpg is not annotated
+    # extra.jpg is not annotated; no image holds a car (COCO's per-class AP: NaN)
+    ann = coco_annotations(tmp_path / "instances.json", ["a.jpg"], extra_categories=[(2, "car")])
     for i in range(2):
         write_seed_outputs(run_folder(tmp_path), f"{i:05d}", [(box, 1, 0.9)])
     res = write_report(tmp_path / "out", label_map, tmp_path / "r.html", pattern, annotations=ann, verbose=False)
     m = res.metrics
     assert (m["AP"], m["AP50"], m["AP75"]) == pytest.approx((ap, ap50, ap75)) and m["num_images"] == 1
     assert res.unmatched == ["extra.jpg"]
-    saved = json.loads((tmp_path / "r_metrics.json").read_text())
+    saved = json.loads((tmp_path / "r_metrics.json").read_text(), parse_constant=_no_nan)  # strict JSON
     assert saved["AP"] == pytest.approx(ap) and saved["unmatched_images"] == ["extra.jpg"]
+    assert saved["per_class_ap"]["car"] is None  # a class without ground truth: null, not NaN
     page = (tmp_path / "r.html").read_text()
     assert "COCO metrics (1 image(s))" in page and f'<td class="num">{ap:.3f}</td>' in page and "extra.jpg" in page
 

@@ -76,7 +76,9 @@ def test_some_images_missing_warns_with_the_count_and_names_them(setup, tmp_path
     assert any("only 3 of the 4 images listed in" in w and str(images) in w for w in warnings), warnings
     out = capsys.readouterr().out
     assert "2 image(s) skipped: 000000000002.jpg (missing_image), 000000000003.jpg (corrupt_image)" in out
-    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    text = (tmp_path / "out" / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text  # strict JSON: a class without ground truth is null
+    metrics = json.loads(text)
     assert [(s["file_name"], s["reason"]) for s in metrics["skipped_images"]] == [
         ("000000000002.jpg", "missing_image"), ("000000000003.jpg", "corrupt_image")]
     assert metrics["num_images"] == 2

@@ -32,7 +32,7 @@ from spinenet.deploy.report_analysis import ReportAnalyzer, scored_boxes
 from spinenet.deploy.report_assets import PageData, ReportFolder
 from spinenet.deploy.report_page import PALETTE, metrics_section, summary_section, write_page
 from spinenet.deploy.run_state import check_run_complete
-from spinenet.io_checks import atomic_write, ensure_writable_dir
+from spinenet.io_checks import atomic_write, ensure_writable_dir, strict_json
 
 LIST_LIMIT = 20  # names listed on stdout per category before "... and N more"
 
@@ -322,9 +322,10 @@ def write_report(output: str | os.PathLike, label_map_file: str | os.PathLike, o
                 dir_name=folder.dir_name))
             if result.metrics is not None:
                 result.metrics_path = html_path.with_name(f"{html_path.stem}_metrics.json")
-                atomic_write(result.metrics_path, lambda f: json.dump(
+                atomic_write(result.metrics_path, lambda f: json.dump(strict_json(
                     {**result.metrics, "annotations": str(annotations), "run_folder": str(run_folder),
-                     "unmatched_images": result.unmatched, "analysis": analysis.to_json()}, f, indent=1))
+                     "unmatched_images": result.unmatched, "analysis": analysis.to_json()}), f, indent=1,
+                    allow_nan=False))
         except OSError as e:
             raise _write_error(html_path, e) from e
     return result

@@ -167,7 +167,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
     from spinenet.engine.checkpoint import checkpoint_config, load_model
     from spinenet.engine.data import build_eval_loader, gather_skipped
     from spinenet.engine.distributed import init_distributed
-    from spinenet.io_checks import ensure_writable_dir, write_text_atomic
+    from spinenet.io_checks import ensure_writable_dir, strict_json, write_text_atomic
 
     dist_info = init_distributed(device)
     out = Path(output) if output else Path(checkpoint).with_suffix("").parent / f"eval_{Path(checkpoint).stem}"
@@ -185,7 +185,8 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, val_data: tuple[str, str]
     skipped = gather_skipped(loader.dataset)
     if dist_info.is_main:
         evaluator.write_results(out / "results.json")
-        write_text_atomic(out / "metrics.json", json.dumps({**metrics, "skipped_images": skipped}, indent=1))
+        write_text_atomic(out / "metrics.json", json.dumps(strict_json({**metrics, "skipped_images": skipped}),
+                                                                indent=1, allow_nan=False))
         print(format_per_class(metrics["per_class_ap"]))
         if any(loader.dataset.stats()["skipped"].values()):
             print(loader.dataset.report())
