@@ -62,13 +62,22 @@ REPO = Path(__file__).resolve().parents[1]
 OUTPUT_NODES = ("NumDetections", "DetectionBoxes", "DetectionClasses", "DetectionScores", "ImageInfo")
 OUTPUT_KEYS = ("num_detections", "detection_boxes", "detection_classes", "detection_scores", "image_info")
 LEVELS = range(3, 8)
+MOBILE_YAML = "spinenet-mbconv49_retinanet.yaml"  # the tpu repo's only SpineNet-MBConv YAML (configs/spinenet/)
+# family -> (params section naming the backbone, default --config_file of a --model_id)
+FAMILIES = {
+    "spinenet": ("spinenet", lambda a: REPO / "src" / "spinenet" / "configs" / f"spinenet{a.model_id}_retinanet.yaml"),
+    "mobile": ("spinenet_mbconv", lambda a: Path(a.tpu_src) / "models/official/detection/configs/spinenet"
+               / MOBILE_YAML),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tpu_src", required=True, help="local copy of github.com/tensorflow/tpu (holds models/)")
-    p.add_argument("--model_id", default="49S", choices=["49S", "49", "96", "143", "190"])
+    p.add_argument("--model_id", default="49S", choices=["49S", "49", "96", "143", "190", "49XS"])
+    p.add_argument("--family", default="spinenet", choices=list(FAMILIES),
+                   help="spinenet, or mobile: SpineNet-MBConv (spinenet_mbconv.py; --model_id 49, 49S or 49XS)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config_file", default=None,
                    help="reference YAML (default: src/spinenet/configs/spinenet<model_id>_retinanet.yaml)")
@@ -151,6 +160,10 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
 
     params = config_factory.config_generator("retinanet")
     params = params_dict.override_params_dict(params, str(args.config_file), is_strict=True)
+    if family(args) == "mobile" and args.model_id != "49":  # TF1 ships only mbconv49's YAML
+        from mobile_variants import tf1_override
+
+        params = params_dict.override_params_dict(params, tf1_override(args.model_id), is_strict=True)
     params = params_dict.override_params_dict(params, args.params_override, is_strict=False)
     override: dict[str, Any] = {"architecture": {"use_bfloat16": False}}
     if args.num_classes is not None:
@@ -158,7 +171,7 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
     if args.head_filters is not None:
         override["retinanet_head"] = {"num_filters": args.head_filters}
     if args.custom_scaling is not None:
-        override["spinenet"] = {"model_id": "custom"}
+        override[FAMILIES[family(args)][0]] = {"model_id": "custom"}
     params.override(override, is_strict=True)
     if training_overrides:
         params.override(training_overrides, is_strict=False)
@@ -169,15 +182,28 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
 
 def install_custom_scaling(args: argparse.Namespace) -> dict | None:
     """A width-reduced SCALING_MAP entry 'custom' derived from --model_id's (None when none is asked for)."""
-    from modeling.architecture import spinenet
-
+    module = scaling_module(family(args))
     fields = ("filter_size_scale", "endpoints_num_filters", "resample_alpha", "block_repeats")
     if all(getattr(args, f) is None for f in fields):
         return None
-    entry = dict(spinenet.SCALING_MAP[args.model_id])
+    entry = dict(module.SCALING_MAP[args.model_id])
+    if args.resample_alpha is not None and "resample_alpha" not in entry:
+        sys.exit(f"--resample_alpha: the {family(args)} family has no resampling width ratio")
     entry.update({f: getattr(args, f) for f in fields if getattr(args, f) is not None})
-    spinenet.SCALING_MAP["custom"] = entry
+    module.SCALING_MAP["custom"] = entry
     return entry
+
+
+def family(args: argparse.Namespace) -> str:
+    """--family (tools that reuse this module with their own arguments build SpineNet)."""
+    return getattr(args, "family", "spinenet")
+
+
+def scaling_module(name: str):
+    """The reference module holding the family's SCALING_MAP."""
+    import importlib
+
+    return importlib.import_module(f"modeling.architecture.{FAMILIES[name][0]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,8 +331,10 @@ def redraw(tf, sess, rng: np.random.Generator) -> None:
     for v in sorted(tf.global_variables(), key=variable_name):
         name, shape = variable_name(v), v.shape.as_list()
         leaf = name.rsplit("/", 1)[-1]
-        if leaf == "kernel":
+        if leaf in ("kernel", "pointwise_kernel"):
             value = rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape)
+        elif leaf == "depthwise_kernel":  # [kh, kw, C, 1]: kh * kw inputs per output (mobile blocks, separable head)
+            value = rng.normal(0, 1 / np.sqrt(np.prod(shape[:2])), shape)
         elif leaf == "gamma":
             value = rng.uniform(0.5, 1.5, shape)
         elif leaf == "beta":
@@ -346,7 +374,8 @@ def calibrate_predictors(tf, sess, feed, raw: dict, rng: np.random.Generator) ->
     maps = sess.run(raw, feed)
     for net, key, std, peak, bias_range in (("class_net/class-predict", "cls", 0.8, 5.0, (-2.75, -2.25)),
                                             ("box_net/box-predict", "box", 0.25, 1.5, (-0.05, 0.05))):
-        kernel, bias = variables[f"retinanet/{net}/kernel"], variables[f"retinanet/{net}/bias"]
+        kernel = variables.get(f"retinanet/{net}/kernel", variables.get(f"retinanet/{net}/pointwise_kernel"))
+        bias = variables[f"retinanet/{net}/bias"]
         b_old = sess.run(bias)
         z = np.concatenate([(maps[f"{key}_{l}"] - b_old).ravel() for l in LEVELS])
         z = z - z.mean()
@@ -429,17 +458,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.layouts:
         write_layouts(tf, args, out / "layouts.json.gz")
         return
+    section, default_config = FAMILIES[family(args)]
     if args.config_file is None:
-        args.config_file = REPO / "src" / "spinenet" / "configs" / f"spinenet{args.model_id}_retinanet.yaml"
+        args.config_file = default_config(args)
     args.custom_scaling = install_custom_scaling(args)
     params = build_params(args)
     size = args.image_size or int(params.retinanet_parser.output_size[0])
-    from modeling.architecture import spinenet
 
     meta: dict[str, Any] = {
         "command": " ".join(["tools/tf1_reference.py", *(argv if argv is not None else sys.argv[1:])]),
-        "model_id": args.model_id, "custom_scaling": args.custom_scaling is not None,
-        "scaling_map_entry": spinenet.SCALING_MAP[params.spinenet.model_id], "image_size": size, "seed": args.seed,
+        "model_id": args.model_id, "custom_scaling": args.custom_scaling is not None, "family": family(args),
+        "scaling_map_entry": scaling_module(family(args)).SCALING_MAP[getattr(params, section).model_id],
+        "image_size": size, "seed": args.seed,
         "calibration_images": args.calibration_images, "params": params.as_dict(),
         "tensorflow_version": tf2.__version__,
     }
@@ -450,7 +480,7 @@ def main(argv: list[str] | None = None) -> None:
         n_trainable = int(sum(np.prod(v.shape.as_list()) for v in tf.trainable_variables()))
     layout = [[variable_name(v), v.shape.as_list(), v.dtype.base_dtype.name] for v in variables]
     meta["num_variables"], meta["trainable_params"] = len(variables), n_trainable
-    print(f"SpineNet-{args.model_id}{' (custom scaling)' if args.custom_scaling else ''} RetinaNet @{size}: "
+    print(f"{family(args)} {args.model_id}{' (custom scaling)' if args.custom_scaling else ''} RetinaNet @{size}: "
           f"{len(variables)} variables, {n_trainable:,} trainable parameters (built in {time.time() - t0:.0f} s)",
           flush=True)
 
@@ -467,7 +497,8 @@ def main(argv: list[str] | None = None) -> None:
 
         # BN moving statistics: the graph's own update ops, momentum 0, no stochastic depth, on input A.
         calib_params = build_params(args, training_overrides={
-            "batch_norm_activation": {"batch_norm_momentum": 0.0}, "spinenet": {"init_drop_connect_rate": None}})
+            "batch_norm_activation": {"batch_norm_momentum": 0.0},
+            FAMILIES[family(args)][0]: {"init_drop_connect_rate": None}})
         cgraph, cplaceholder = build_calibration_graph(tf, calib_params, size, len(calibration))
         with cgraph.as_default(), session(tf, cgraph, args.threads) as csess:
             csess.run(tf.global_variables_initializer())
