@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from spinenet.config import ExperimentConfig, load_config
+from spinenet.convert.mobile_map import is_tf1_mobile, tf1_mobile_layout
 from spinenet.convert.model_garden import (
     ConversionError,
     ConversionResult,
@@ -49,13 +50,14 @@ from spinenet.convert.tpu_sources import (
     open_tpu_frozen_graph,
 )
 from spinenet.modeling.spinenet import SCALING_MAP, level_filters
+from spinenet.modeling.spinenet_mobile import SpineNetMobile
 
 __all__ = ["TPUWeights", "CheckpointWeights", "FrozenGraphWeights", "TPUArchitecture", "LayoutEntry",
            "open_tpu_checkpoint", "open_tpu_frozen_graph", "tf1_variable_layout", "infer_tpu_architecture",
            "map_tpu_weights", "convert_tpu", "model_from_reference_metadata"]
 
 SOURCES = {"tpu": "TF1 TPU checkpoint", "tpu-frozen-graph": "TF1 frozen graph"}
-MODEL_SCOPES = ("spinenet/", "retinanet/")
+MODEL_SCOPES = ("spinenet/", "spinenet_mbconv/", "retinanet/")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -135,19 +137,16 @@ def map_tpu_weights(w: TPUWeights, model: nn.Module, provenance: dict[str, str] 
     a = _Assigner(model, w.source)
     available = set(w.names())
     used: set[str] = set()
-    for entry in tf1_variable_layout(model):
+    layout = tf1_mobile_layout(model) if isinstance(model.backbone, SpineNetMobile) else tf1_variable_layout(model)
+    for entry in layout:
         missing = [v for v in entry.variables() if v not in available]
         if missing:
             close = [n for n in available if n.startswith(entry.tf_name.rsplit("/", 1)[0] + "/")][:4]
             raise ConversionError(f"{w.source}: {w.kind} has no {missing[0]} (needed for "
                                   f"{type(entry.module).__name__}); is it another SpineNet variant or head size? "
                                   f"Tensors in that scope: {close or 'none'}")
-        values = {v.rsplit("/", 1)[-1]: w.get(v) for v in entry.variables()}
         used.update(entry.variables())
-        if entry.kind == "bn":
-            a.bn(entry.module, values, entry.tf_name)
-        else:
-            a.conv(entry.module, values["kernel"], values.get("bias"), entry.tf_name)
+        entry.assign(a, {v.rsplit("/", 1)[-1]: w.get(v) for v in entry.variables()})
     left = sorted(n for n in available - used if not _ignored(n))
     in_model = [n for n in left if n.startswith(MODEL_SCOPES)]
     if in_model:
@@ -225,6 +224,11 @@ def _convert(w: TPUWeights, output: str | os.PathLike, fmt: str, config_file, pa
     from spinenet.modeling.factory import build_retinanet
 
     _check_layout(w)
+    if is_tf1_mobile(w.names()):
+        from spinenet.convert.mobile_convert import convert_tf1_mobile
+
+        return convert_tf1_mobile(w, output, fmt, config_file=config_file, params_override=params_override,
+                                  label_map_file=label_map_file, model_id=model_id)
     arch = infer_tpu_architecture(w)
     notes: list[str] = []
     if model_id is None:
@@ -272,9 +276,10 @@ def _check_layout(w: TPUWeights) -> None:
             raise ConversionError(f"{w.source} looks like a Model Garden checkpoint (variables under model/_backbone/ "
                                   "and model/_head/), not a TF1 TPU one: use --from model-garden")
     names = w.names()
-    if not any(n.startswith("spinenet/") for n in names) or not any(n.startswith("retinanet/") for n in names):
-        raise ConversionError(f"{w.source} is not a TF1 SpineNet RetinaNet {w.kind}: it has no spinenet/… and "
-                              f"retinanet/… variables ({_what_it_holds(w)})")
+    if (not any(n.startswith(("spinenet/", "spinenet_mbconv/")) for n in names)
+            or not any(n.startswith("retinanet/") for n in names)):
+        raise ConversionError(f"{w.source} is not a TF1 SpineNet RetinaNet {w.kind}: it has no spinenet/… (or "
+                              f"spinenet_mbconv/…) and retinanet/… variables ({_what_it_holds(w)})")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -289,8 +294,10 @@ def model_from_reference_metadata(meta: dict) -> nn.Module:
 
     p = meta["params"]
     arch, bn, post = p["architecture"], p["batch_norm_activation"], p["postprocess"]
+    mobile = meta.get("family") == "mobile"
     return reference_retinanet(
-        str(p["spinenet"]["model_id"]), meta["scaling_map_entry"], "tpu",
+        str(p["spinenet_mbconv" if mobile else "spinenet"]["model_id"]), meta["scaling_map_entry"], "tpu",
+        mobile=mobile,
         levels=(arch["min_level"], arch["max_level"]), num_classes=arch["num_classes"],
         head=(p["retinanet_head"]["num_convs"], p["retinanet_head"]["num_filters"]),
         bn=dict(activation=bn["activation"], bn_momentum=1.0 - bn["batch_norm_momentum"],

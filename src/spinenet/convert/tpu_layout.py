@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from torch import nn
 
-from spinenet.convert.model_garden import BN_FIELDS
+from spinenet.convert.model_garden import BN_FIELDS, _Assigner
 from spinenet.modeling.layers import Bottleneck, ConvNormAct
 from spinenet.modeling.spinenet import SpineNet
 
@@ -20,12 +21,26 @@ from spinenet.modeling.spinenet import SpineNet
 @dataclass(frozen=True)
 class LayoutEntry:
     tf_name: str  # variable prefix, e.g. spinenet/sub_policy3/scale_permuted_block_5/conv2d_2
-    kind: str  # "conv" (kernel), "conv_bias" (kernel + bias) or "bn"
+    kind: str  # "conv" (kernel), "conv_bias" (kernel + bias), "depthwise", "separable" or "bn"
     module: nn.Module
 
     def variables(self) -> list[str]:
-        leaves = {"conv": ("kernel",), "conv_bias": ("kernel", "bias"), "bn": tuple(BN_FIELDS)}[self.kind]
-        return [f"{self.tf_name}/{leaf}" for leaf in leaves]
+        return [f"{self.tf_name}/{leaf}" for leaf in LEAVES[self.kind]]
+
+    def assign(self, a: _Assigner, values: dict[str, np.ndarray]) -> None:
+        """Put this entry's TF values (by leaf name) into ``a``."""
+        if self.kind == "bn":
+            a.bn(self.module, values, self.tf_name)
+        elif self.kind == "depthwise":
+            a.depthwise(self.module, values["depthwise_kernel"], self.tf_name)
+        elif self.kind == "separable":
+            a.separable(self.module, values, self.tf_name)
+        else:
+            a.conv(self.module, values["kernel"], values.get("bias"), self.tf_name)
+
+
+LEAVES = {"conv": ("kernel",), "conv_bias": ("kernel", "bias"), "depthwise": ("depthwise_kernel",),
+          "separable": ("depthwise_kernel", "pointwise_kernel", "bias"), "bn": tuple(BN_FIELDS)}
 
 
 class _Scopes:
@@ -36,8 +51,16 @@ class _Scopes:
         self.entries: list[LayoutEntry] = []
 
     def unit(self, scope: str, unit: ConvNormAct) -> None:
-        self.entries.append(LayoutEntry(self._name(scope, "conv2d"), "conv", unit.conv))
+        """conv (``depthwise_conv2d`` when grouped, as SpineNet-MBConv's ``DepthwiseConv2D``) then its BN."""
+        if unit.conv.groups > 1:
+            self.entries.append(LayoutEntry(self._name(scope, "depthwise_conv2d"), "depthwise", unit.conv))
+        else:
+            self.entries.append(LayoutEntry(self._name(scope, "conv2d"), "conv", unit.conv))
         self.entries.append(LayoutEntry(self._name(scope, "batch_normalization"), "bn", unit.norm))
+
+    def conv_bias(self, scope: str, conv: nn.Conv2d) -> None:
+        """A ``tf.layers.Conv2D`` with bias (SpineNet-MBConv's squeeze-and-excitation)."""
+        self.entries.append(LayoutEntry(self._name(scope, "conv2d"), "conv_bias", conv))
 
     def _name(self, scope: str, base: str) -> str:
         k = self.counts.get((scope, base), 0)
@@ -72,14 +95,20 @@ def tf1_variable_layout(model: nn.Module) -> list[LayoutEntry]:
                 s.unit(f"spinenet/sub_policy{i}/scale_permuted_block_{i + 2}", unit)
     for lvl in range(backbone.min_level, backbone.max_level + 1):
         s.unit("spinenet", backbone.endpoints[str(lvl)])
-    entries = s.entries
-    head = model.head
+    return s.entries + tf1_head_layout(model.head)
+
+
+def tf1_head_layout(head: nn.Module) -> list[LayoutEntry]:
+    """The head's shared convs ``…-{i}``, per-level BNs ``…-{i}-{level}`` and predictor ``…-predict`` (plain convs
+    with bias, or ``tf.layers.separable_conv2d`` when the head is separable)."""
+    entries = []
     for tf_net, net in (("class", head.class_net), ("box", head.box_net)):
         base = f"retinanet/{tf_net}_net/{tf_net}"
-        entries += [LayoutEntry(f"{base}-{i}", "conv_bias", conv) for i, conv in enumerate(net.convs)]
+        kind = "conv_bias" if isinstance(net.predict, nn.Conv2d) else "separable"
+        entries += [LayoutEntry(f"{base}-{i}", kind, conv) for i, conv in enumerate(net.convs)]
         entries += [LayoutEntry(f"{base}-{i}-{lvl}", "bn", norm)
                     for lvl in net.levels for i, norm in enumerate(net.norms[str(lvl)])]
-        entries.append(LayoutEntry(f"{base}-predict", "conv_bias", net.predict))
+        entries.append(LayoutEntry(f"{base}-predict", kind, net.predict))
     return entries
 
 
