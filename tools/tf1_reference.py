@@ -36,6 +36,10 @@ under TensorFlow 2.20 with ``tf_keras`` (see ``shared/spec/tf1-checkpoint.md``).
 
 ``--layouts`` only builds the five variants' serving graphs and writes ``layouts.json.gz`` (names and shapes).
 
+``--family mobile`` builds SpineNet-MBConv (``spinenet_mbconv.py``, separable head) instead: ``--model_id`` 49, 49S or
+49XS from the repo's ``configs/spinenet/spinenet-mbconv49_retinanet.yaml`` (49S/49XS with Model Garden's head width
+and input size, ``tools/mobile_variants.py``); the width flags apply to its SCALING_MAP (no ``--resample_alpha``).
+
 Run with TensorFlow's Python, e.g. (one thread each, the machine is shared)::
 
     TF_USE_LEGACY_KERAS=1 /work/tfvenv/bin/python tools/tf1_reference.py --tpu_src /work/tpu_src \\

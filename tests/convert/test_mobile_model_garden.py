@@ -102,3 +102,22 @@ def test_a_missing_tensor_is_refused(tiny, reader):
     drop = next(k for k in reader.keys() if "_squeeze_excitation/_se_expand/bias" in k)
     with pytest.raises(ConversionError, match="has no _squeeze_excitation/_se_expand/bias"):
         map_model_garden_mobile(_Without(reader, drop), names, model)
+
+
+class _With(_Without):
+    """The fixture's reader with one tensor more inside a block (a checkpoint of another architecture)."""
+
+    EXTRA = "model/_backbone/layer_with_weights-4/_conv3/kernel/.ATTRIBUTES/VARIABLE_VALUE"
+
+    def keys(self):
+        return [*self.reader.keys(), self.EXTRA]
+
+    def get_tensor(self, name):
+        return np.zeros((1, 1, 6, 6), np.float32) if name == self.EXTRA else self.reader.get_tensor(name)
+
+
+def test_an_unknown_tensor_is_refused(tiny, reader):
+    model, _ = tiny
+    names = {**object_graph_names(reader), _With.EXTRA: "inverted_bottleneck_block_1/conv2d_9/kernel"}
+    with pytest.raises(ConversionError, match="1 tensors of the checkpoint have no place.*_conv3/kernel"):
+        map_model_garden_mobile(_With(reader, None), names, model)

@@ -191,9 +191,11 @@ def _mbconv_mg(a: _Assigner, reader: TFCheckpointReader, attrs: dict[str, str], 
 
 def map_model_garden_mobile(reader: TFCheckpointReader, names: dict[str, str], model: nn.Module,
                             provenance: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
-    """Model Garden SpineNet-Mobile tensors -> our state dict (strict: every tensor of the model is covered)."""
+    """Model Garden SpineNet-Mobile tensors -> our state dict, strictly: every tensor of the model is covered and
+    every tensor under ``model/_backbone/`` and ``model/_head/`` is used."""
     src = str(reader.prefix)
     a = _Assigner(model, src)
+    reader = _Recording(reader)
     by_type: dict[str, list[tuple[int, str, dict[str, str]]]] = defaultdict(list)
     for layer, attrs in _group_variables(reader, BACKBONE).items():
         tops = {names[k].split("/")[0] for k in attrs.values() if names.get(k)}
@@ -221,9 +223,29 @@ def map_model_garden_mobile(reader: TFCheckpointReader, names: dict[str, str], m
             else:
                 a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
     map_head(a, reader, model.head)
+    unused = sorted(k for k in reader.keys() if k.startswith((BACKBONE, HEAD)) and k.endswith(SUFFIX)
+                    and k not in reader.read)
+    if unused:
+        raise ConversionError(f"{src}: {len(unused)} tensors of the checkpoint have no place in SpineNet-Mobile-"
+                              f"{model.backbone.model_id} (e.g. {', '.join(unused[:3])}); is it another architecture?")
     if provenance is not None:
         provenance.update(a.provenance)
     return a.finish()
+
+
+class _Recording:
+    """A checkpoint reader that notes which tensors were read (so that none is silently left out)."""
+
+    def __init__(self, reader) -> None:
+        self.reader, self.prefix, self.read = reader, reader.prefix, set()
+
+    def keys(self) -> list[str]:
+        return self.reader.keys()
+
+    def get_tensor(self, name: str):
+        value = self.reader.get_tensor(name)
+        self.read.add(name)
+        return value
 
 
 def infer_model_garden_mobile(reader: TFCheckpointReader, names: dict[str, str]) -> dict[str, Any]:
