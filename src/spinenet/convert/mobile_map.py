@@ -224,7 +224,7 @@ def map_model_garden_mobile(reader: TFCheckpointReader, names: dict[str, str], m
                 a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
     map_head(a, reader, model.head)
     unused = sorted(k for k in reader.keys() if k.startswith((BACKBONE, HEAD)) and k.endswith(SUFFIX)
-                    and k not in reader.read)
+                    and ".OPTIMIZER_SLOT/" not in k and k not in reader.read)  # optimizer slots: training state
     if unused:
         raise ConversionError(f"{src}: {len(unused)} tensors of the checkpoint have no place in SpineNet-Mobile-"
                               f"{model.backbone.model_id} (e.g. {', '.join(unused[:3])}); is it another architecture?")
