@@ -86,6 +86,13 @@ def get_model_info(name: str) -> ModelInfo:
     return info
 
 
+def variant_for_config(cfg: ExperimentConfig) -> str:
+    """The registry name of the variant ``cfg`` builds (its backbone family and model_id)."""
+    if cfg.architecture.backbone == "spinenet_mbconv":
+        return get_model_info(f"{cfg.spinenet_mbconv.model_id}_mobile").name
+    return get_model_info(cfg.spinenet.model_id).name
+
+
 def config_path(name: str):
     """Path (a Traversable) of the packaged reference YAML for a variant."""
     return resources.files("spinenet") / "configs" / get_model_info(name).config_file
