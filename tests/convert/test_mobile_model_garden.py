@@ -121,3 +121,16 @@ def test_an_unknown_tensor_is_refused(tiny, reader):
     names = {**object_graph_names(reader), _With.EXTRA: "inverted_bottleneck_block_1/conv2d_9/kernel"}
     with pytest.raises(ConversionError, match="1 tensors of the checkpoint have no place.*_conv3/kernel"):
         map_model_garden_mobile(_With(reader, None), names, model)
+
+
+class _WithSlot(_With):
+    """A training checkpoint: an optimizer slot under a model variable (training state, skipped)."""
+
+    EXTRA = ("model/_backbone/layer_with_weights-4/_conv0/kernel/.OPTIMIZER_SLOT/optimizer/momentum/"
+             ".ATTRIBUTES/VARIABLE_VALUE")
+
+
+def test_optimizer_slots_are_skipped(tiny, reader):
+    model, _ = tiny
+    state = map_model_garden_mobile(_WithSlot(reader, None), object_graph_names(reader), model)
+    assert state.keys() == model.state_dict().keys()
