@@ -10,6 +10,8 @@ is exported with `spinenet export`'s defaults, then timed in a fresh process tha
 A configuration is ``VARIANT@SIZExBATCH``. The default set: SpineNet-49S at 640, 1024 and 1280 (batch 1), 49S
 at 640 with batch 2 and 4, and each larger variant at its own input size (49 at 640, 96 at 1024, 143 and 190 at
 1280). SpineNet-190 (1885 GFLOPs at 1280) takes several minutes on 2 cores (export, 2 warm-ups, ``--runs``).
+SpineNet-Mobile is ``M49``, ``M49S``, ``M49XS``; ``--configs mobile`` times each at its YAML's input size against
+SpineNet-49S at the same sizes and at its own 640 (``MOBILE``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,12 @@ import tempfile
 from pathlib import Path
 
 DEFAULT = "49S@640x1,49S@1024x1,49S@1280x1,49S@640x2,49S@640x4,49@640x1,96@1024x1,143@1280x1,190@1280x1"
+MOBILE = "M49@384x1,M49S@384x1,M49XS@256x1,49S@384x1,49S@256x1,49S@640x1"
+PRESETS = {"default": DEFAULT, "mobile": MOBILE}
 MODEL_NAMES = {"49S": "retinanet_spinenet49s", "49": "retinanet_spinenet49", "96": "retinanet_spinenet96",
-               "143": "retinanet_spinenet143", "190": "retinanet_spinenet190"}
+               "143": "retinanet_spinenet143", "190": "retinanet_spinenet190",
+               "M49": "retinanet_spinenet49_mobile", "M49S": "retinanet_spinenet49s_mobile",
+               "M49XS": "retinanet_spinenet49xs_mobile"}
 
 
 def _parse(config: str) -> tuple[str, int, int]:
@@ -74,7 +80,8 @@ def _time(path: str, runs: int, threads: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--configs", default=DEFAULT, help=f"comma list of VARIANT@SIZExBATCH (default {DEFAULT})")
+    p.add_argument("--configs", default=DEFAULT,
+                   help=f"comma list of VARIANT@SIZExBATCH, or a preset ({', '.join(PRESETS)}); default {DEFAULT}")
     p.add_argument("--runs", type=int, default=3, help="timed runs per configuration, after 2 warm-ups")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--output", default=None, help="JSON file for the rows")
@@ -87,7 +94,7 @@ def main() -> int:
     if args._time:
         print(json.dumps(_time(args._time, args.runs, args.threads)))
         return 0
-    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    configs = [c.strip() for c in PRESETS.get(args.configs, args.configs).split(",") if c.strip()]
     for c in configs:
         _parse(c)
     rows = []

@@ -1,4 +1,5 @@
-"""Train SpineNet-49S RetinaNet from scratch on the synthetic shapes set and report held-out COCO mAP.
+"""Train SpineNet-49S (or another registry variant) RetinaNet from scratch on the synthetic shapes set and report
+held-out COCO mAP.
 
 A benchmark, not a test: it takes a long time on a CPU. It makes the data (`spinenet synth`-style, seeded),
 runs the exact `spinenet train` command below, then `spinenet evaluate` on the held-out images, and prints one
@@ -6,6 +7,7 @@ line for benchmarks/RESULTS.md (images seen, wall time, machine, precision, AP, 
 
     python benchmarks/train_synthetic.py --workdir runs/train_synthetic           # the recorded recipe
     python benchmarks/train_synthetic.py --workdir runs/quick --steps 200         # a shorter try
+    python benchmarks/train_synthetic.py --variant retinanet_spinenet49s_mobile --workdir runs/mobile49s
 
 Target (issue "Training and evaluation"): COCO mAP@[.5:.95] >= 0.6 and AP50 >= 0.9 on the held-out set.
 """
@@ -49,6 +51,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--min_object", type=float, default=0.15, help="smallest object side, fraction of the image")
     p.add_argument("--device", default="auto")
+    p.add_argument("--variant", default="retinanet_spinenet49s",
+                   help="registry name whose YAML the recipe starts from (default: the 49S)")
     args = p.parse_args()
 
     from spinenet.data.synthetic import make_synthetic_dataset
@@ -60,7 +64,11 @@ def main() -> int:
         make_synthetic_dataset(data, args.num_train, args.num_val, image_size=args.image_size, seed=args.seed,
                                size_range=(args.min_object, 0.6), progress=False)
     override = json.dumps(recipe(args.image_size, args.steps, args.batch))
+    from spinenet.registry import config_path, get_model_info
+
+    variant = get_model_info(args.variant)
     train_cmd = [sys.executable, "-m", "spinenet.cli", "train", "--model_dir", str(work / "model"),
+                 "--config_file", str(config_path(variant.name)),
                  "--train_data", str(data / "annotations/instances_train.json"), str(data / "train"),
                  "--val_data", str(data / "annotations/instances_val.json"), str(data / "val"),
                  "--params_override", override, "--eval_every", str(args.eval_every), "--checkpoint_every",
@@ -84,9 +92,9 @@ def main() -> int:
     precision = "bf16 autocast" if device == "cuda" else "fp32"
     machine = (torch.cuda.get_device_name(0) if device == "cuda"
                else f"{platform.machine()} CPU, {os.cpu_count()} cores")
-    line = (f"| {time.strftime('%Y-%m-%d')} | SpineNet-49S from scratch, synthetic shapes {args.image_size}px, "
+    line = (f"| {time.strftime('%Y-%m-%d')} | {variant.name} from scratch, synthetic shapes {args.image_size}px, "
             f"{args.num_train} train / {args.num_val} held-out | `python benchmarks/train_synthetic.py "
-            f"--steps {args.steps} --batch {args.batch}` | {machine}, {precision} | "
+            f"--variant {variant.name} --steps {args.steps} --batch {args.batch}` | {machine}, {precision} | "
             f"{args.steps * args.batch:,} images seen, {wall / 60:.1f} min: AP {metrics['AP']:.3f}, "
             f"AP50 {metrics['AP50']:.3f} |")
     print(line)

@@ -160,6 +160,11 @@ class _RecordBackboneRoles:
             setattr(mg_spinenet.SpineNet, k, v)
 
 
+def seed_everything(seed):
+    tf.random.set_seed(seed)
+    tf_keras.utils.set_random_seed(seed)
+
+
 def make_images(rng, n, size):
     """Smooth, structured uint8 RGB images: low-frequency waves, blobs and rectangles."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
@@ -189,11 +194,15 @@ def normalize(images_uint8):
 
 
 def redraw_weights(model, rng):
-    """Kernels ~ N(0, 1/fan_in), BN gamma ~ U(0.5, 1.5), beta ~ U(-0.3, 0.3), biases small."""
+    """Kernels ~ N(0, 1/fan_in), BN gamma ~ U(0.5, 1.5), beta ~ U(-0.3, 0.3), biases small.
+
+    A depthwise kernel ``[kh, kw, C, 1]`` (SpineNet-Mobile's blocks and resamplings, the separable head) sees
+    ``kh * kw`` inputs per output; every other kernel (pointwise ones included) ``prod(shape[:-1])``."""
     for v in model.variables:
         name, shape = v.name, v.shape.as_list()
         if name.endswith("kernel:0"):
-            val = rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape)
+            fan_in = np.prod(shape[:2]) if name.endswith("depthwise_kernel:0") else np.prod(shape[:-1])
+            val = rng.normal(0, 1 / np.sqrt(fan_in), shape)
         elif name.endswith("gamma:0"):
             val = rng.uniform(0.5, 1.5, shape)
         elif name.endswith("beta:0"):
@@ -238,7 +247,8 @@ def calibrate_predictors(model, x, rng):
         b_old = layer.bias.numpy()
         z = np.concatenate([(out[key][str(l)].numpy() - b_old).ravel() for l in LEVELS])
         z = z - z.mean()
-        layer.kernel.assign(layer.kernel * min(std / (z.std() + 1e-12), peak / (np.abs(z).max() + 1e-12)))
+        kernel = layer.pointwise_kernel if hasattr(layer, "pointwise_kernel") else layer.kernel  # separable head
+        kernel.assign(kernel * min(std / (z.std() + 1e-12), peak / (np.abs(z).max() + 1e-12)))
         layer.bias.assign(rng.uniform(*bias, b_old.shape).astype(np.float32))
 
 
@@ -251,13 +261,37 @@ def main(argv=None):
     args.num_classes = args.num_classes or (5 if args.model_id == "tiny" else 91)
     args.head_filters = args.head_filters or HEAD_FILTERS[args.model_id]
     args.head_convs = args.head_convs or HEAD_CONVS.get(args.model_id, 4)
+    seed_everything(args.seed)
+    model, mcfg, scaling, roles = build_model(args)
+    meta = {
+        "model_id": args.model_id,
+        "scaling_map_entry": scaling,
+        "scaling_map_injected": args.model_id == "tiny",
+        "stochastic_depth_drop_rate": mcfg.backbone.spinenet.stochastic_depth_drop_rate,
+    }
+
+    def backbone_layer_map():
+        # layer_with_weights-N -> semantic role (the pruned level-2 block's layers are absent).
+        role_of = {id(l): r for r, l in roles}
+        weighted = [l for l in model.backbone.layers if l.weights]
+        return {
+            "backbone_layer_map": {f"layer_with_weights-{n}": role_of[id(l)] for n, l in enumerate(weighted)},
+            "pruned_backbone_layers": sorted(r for r, l in roles if l not in weighted),
+        }
+
+    return record(args, model, mcfg, meta, backbone_layer_map, label=f"SpineNet-{args.model_id}")
+
+
+def record(args, model, mcfg, family_meta, extra_json, label):
+    """Everything after building: informative weights, the recording, the checkpoint and ``variables.json``.
+
+    Shared by the SpineNet and the SpineNet-Mobile fixtures (``tools/model_garden_mobile_fixture.py``):
+    ``family_meta`` is the variant's part of the metadata, ``extra_json()`` returns further top-level entries of
+    ``variables.json`` (called after the weights are final)."""
     out_dir = pathlib.Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tf.random.set_seed(args.seed)
-    tf_keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
 
-    model, mcfg, scaling, roles = build_model(args)
     size = args.image_size
     images = make_images(rng, args.num_images, size)
     x = normalize(images)
@@ -273,7 +307,7 @@ def main(argv=None):
         "non_trainable": count(model.non_trainable_weights),
     }
     print(
-        f"SpineNet-{args.model_id} RetinaNet @{size}: trainable params total {params['total']:,} "
+        f"{label} RetinaNet @{size}: trainable params total {params['total']:,} "
         f"= backbone {params['backbone']:,} + head {params['head']:,}; "
         f"non-trainable (BN moving stats) {params['non_trainable']:,}",
         flush=True,
@@ -329,16 +363,9 @@ def main(argv=None):
     full_names = {a.checkpoint_key: a.full_name for node in graph.nodes for a in node.attributes}
     variables = [[n, list(s), dtypes[n].name, full_names.get(n, "")] for n, s in tf.train.list_variables(prefix)]
 
-    # layer_with_weights-N -> semantic role (the pruned level-2 block's layers are absent).
-    role_of = {id(l): r for r, l in roles}
-    weighted = [l for l in model.backbone.layers if l.weights]
-    layer_map = {f"layer_with_weights-{n}": role_of[id(l)] for n, l in enumerate(weighted)}
-    pruned = sorted(r for r, l in roles if l not in weighted)
     gen = model.detection_generator.get_config()
     meta = {
-        "model_id": args.model_id,
-        "scaling_map_entry": scaling,
-        "scaling_map_injected": args.model_id == "tiny",
+        **family_meta,
         "image_size": size,
         "num_images": args.num_images,
         "seed": args.seed,
@@ -353,7 +380,6 @@ def main(argv=None):
             "anchor_size": mcfg.anchor.anchor_size,
         },
         "norm_activation": mcfg.norm_activation.as_dict(),
-        "stochastic_depth_drop_rate": mcfg.backbone.spinenet.stochastic_depth_drop_rate,
         "detection_generator": {k: v for k, v in gen.items() if k != "tflite_post_processing_config"},
         "trainable_params": params,
         "tensorflow_version": tf.__version__,
@@ -374,12 +400,7 @@ def main(argv=None):
     }
     with open(out_dir / "variables.json", "w") as f:
         json.dump(
-            {
-                "metadata": meta,
-                "backbone_layer_map": layer_map,
-                "pruned_backbone_layers": pruned,
-                "variables": variables,
-            },
+            {"metadata": meta, **extra_json(), "variables": variables},
             f,
             indent=1,
         )

@@ -36,6 +36,10 @@ under TensorFlow 2.20 with ``tf_keras`` (see ``shared/spec/tf1-checkpoint.md``).
 
 ``--layouts`` only builds the five variants' serving graphs and writes ``layouts.json.gz`` (names and shapes).
 
+``--family mobile`` builds SpineNet-MBConv (``spinenet_mbconv.py``, separable head) instead: ``--model_id`` 49, 49S or
+49XS from the repo's ``configs/spinenet/spinenet-mbconv49_retinanet.yaml`` (49S/49XS with Model Garden's head width
+and input size, ``tools/mobile_variants.py``); the width flags apply to its SCALING_MAP (no ``--resample_alpha``).
+
 Run with TensorFlow's Python, e.g. (one thread each, the machine is shared)::
 
     TF_USE_LEGACY_KERAS=1 /work/tfvenv/bin/python tools/tf1_reference.py --tpu_src /work/tpu_src \\
@@ -57,18 +61,39 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # tf.compat.v1.layers needs Keras 2 (tf
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from tf1_values import (  # noqa: E402,F401  (re-exported: the tools built on this module call ref.<name>)
+    LEVELS,
+    OUTPUT_KEYS,
+    OUTPUT_NODES,
+    assign,
+    calibrate_predictors,
+    freeze,
+    load_values,
+    make_images,
+    read_values,
+    redraw,
+    run_frozen,
+    session,
+    variable_name,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-OUTPUT_NODES = ("NumDetections", "DetectionBoxes", "DetectionClasses", "DetectionScores", "ImageInfo")
-OUTPUT_KEYS = ("num_detections", "detection_boxes", "detection_classes", "detection_scores", "image_info")
-LEVELS = range(3, 8)
+MOBILE_YAML = "spinenet-mbconv49_retinanet.yaml"  # the tpu repo's only SpineNet-MBConv YAML (configs/spinenet/)
+# family -> (params section naming the backbone, default --config_file of a --model_id)
+FAMILIES = {
+    "spinenet": ("spinenet", lambda a: REPO / "src" / "spinenet" / "configs" / f"spinenet{a.model_id}_retinanet.yaml"),
+    "mobile": ("spinenet_mbconv", lambda a: Path(a.tpu_src) / "models/official/detection/configs/spinenet"
+               / MOBILE_YAML),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--tpu_src", required=True, help="local copy of github.com/tensorflow/tpu (holds models/)")
-    p.add_argument("--model_id", default="49S", choices=["49S", "49", "96", "143", "190"])
+    p.add_argument("--model_id", default="49S", choices=["49S", "49", "96", "143", "190", "49XS"])
+    p.add_argument("--family", default="spinenet", choices=list(FAMILIES),
+                   help="spinenet, or mobile: SpineNet-MBConv (spinenet_mbconv.py; --model_id 49, 49S or 49XS)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config_file", default=None,
                    help="reference YAML (default: src/spinenet/configs/spinenet<model_id>_retinanet.yaml)")
@@ -151,6 +176,10 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
 
     params = config_factory.config_generator("retinanet")
     params = params_dict.override_params_dict(params, str(args.config_file), is_strict=True)
+    if family(args) == "mobile" and args.model_id != "49":  # TF1 ships only mbconv49's YAML
+        from mobile_variants import tf1_override
+
+        params = params_dict.override_params_dict(params, tf1_override(args.model_id), is_strict=True)
     params = params_dict.override_params_dict(params, args.params_override, is_strict=False)
     override: dict[str, Any] = {"architecture": {"use_bfloat16": False}}
     if args.num_classes is not None:
@@ -158,7 +187,7 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
     if args.head_filters is not None:
         override["retinanet_head"] = {"num_filters": args.head_filters}
     if args.custom_scaling is not None:
-        override["spinenet"] = {"model_id": "custom"}
+        override[FAMILIES[family(args)][0]] = {"model_id": "custom"}
     params.override(override, is_strict=True)
     if training_overrides:
         params.override(training_overrides, is_strict=False)
@@ -169,15 +198,28 @@ def build_params(args: argparse.Namespace, *, training_overrides: dict | None = 
 
 def install_custom_scaling(args: argparse.Namespace) -> dict | None:
     """A width-reduced SCALING_MAP entry 'custom' derived from --model_id's (None when none is asked for)."""
-    from modeling.architecture import spinenet
-
+    module = scaling_module(family(args))
     fields = ("filter_size_scale", "endpoints_num_filters", "resample_alpha", "block_repeats")
     if all(getattr(args, f) is None for f in fields):
         return None
-    entry = dict(spinenet.SCALING_MAP[args.model_id])
+    entry = dict(module.SCALING_MAP[args.model_id])
+    if args.resample_alpha is not None and "resample_alpha" not in entry:
+        sys.exit(f"--resample_alpha: the {family(args)} family has no resampling width ratio")
     entry.update({f: getattr(args, f) for f in fields if getattr(args, f) is not None})
-    spinenet.SCALING_MAP["custom"] = entry
+    module.SCALING_MAP["custom"] = entry
     return entry
+
+
+def family(args: argparse.Namespace) -> str:
+    """--family (tools that reuse this module with their own arguments build SpineNet)."""
+    return getattr(args, "family", "spinenet")
+
+
+def scaling_module(name: str):
+    """The reference module holding the family's SCALING_MAP."""
+    import importlib
+
+    return importlib.import_module(f"modeling.architecture.{FAMILIES[name][0]}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,141 +291,6 @@ def build_training_graph(tf, params, size: int):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Values.
-# ---------------------------------------------------------------------------------------------------------
-
-
-def make_images(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
-    """Smooth structured uint8 RGB images (waves, blobs, rectangles, mild noise): (n, size, size, 3)."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    out = []
-    for _ in range(n):
-        img = np.zeros((size, size, 3), np.float32)
-        for c in range(3):
-            for _ in range(3):
-                fy, fx = rng.uniform(0.5, 4, 2)
-                img[..., c] += 40 * np.sin(2 * np.pi * (fy * yy + fx * xx) + rng.uniform(0, 2 * np.pi))
-        for _ in range(6):
-            cy, cx, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.2)
-            img += rng.uniform(-120, 120, 3) * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None]
-        for _ in range(4):
-            y0, x0 = rng.integers(0, size * 3 // 4, 2)
-            h, w = rng.integers(size // 10, size // 3, 2)
-            img[y0:y0 + h, x0:x0 + w] = 0.5 * img[y0:y0 + h, x0:x0 + w] + rng.uniform(0, 255, 3)
-        img += 128 + rng.normal(0, 4, img.shape)
-        out.append(np.clip(np.round(img), 0, 255).astype(np.uint8))
-    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
-
-
-def variable_name(v) -> str:
-    return v.name[:-2] if v.name.endswith(":0") else v.name
-
-
-_ASSIGN_OPS: dict[int, dict] = {}  # id(graph) -> {variable name: (placeholder, assign op)}
-
-
-def assign(tf, sess, values: dict) -> None:
-    """Assign {variable: value} in one run (one ``Variable.load`` per variable costs a graph optimisation each)."""
-    graph = sess.graph
-    cache = _ASSIGN_OPS.setdefault(id(graph), {})
-    feed, ops = {}, []
-    for v, value in values.items():
-        if v.name not in cache:
-            with graph.as_default():
-                ph = tf.placeholder(v.dtype.base_dtype, v.shape)
-                cache[v.name] = (ph, tf.assign(v, ph))
-        ph, op = cache[v.name]
-        feed[ph] = value
-        ops.append(op)
-    if ops:
-        sess.run(ops, feed)
-
-
-def redraw(tf, sess, rng: np.random.Generator) -> None:
-    """Informative values for every trainable variable (moving statistics are set by calibration)."""
-    new = {}
-    for v in sorted(tf.global_variables(), key=variable_name):
-        name, shape = variable_name(v), v.shape.as_list()
-        leaf = name.rsplit("/", 1)[-1]
-        if leaf == "kernel":
-            value = rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape)
-        elif leaf == "gamma":
-            value = rng.uniform(0.5, 1.5, shape)
-        elif leaf == "beta":
-            value = rng.uniform(-0.3, 0.3, shape)
-        elif leaf == "bias":
-            value = rng.uniform(-0.1, 0.1, shape)
-        else:
-            continue
-        new[v] = value.astype(np.float32)
-    assign(tf, sess, new)
-
-
-def read_values(tf, sess) -> dict[str, np.ndarray]:
-    variables = tf.global_variables()
-    return dict(zip([variable_name(v) for v in variables], sess.run(variables), strict=True))
-
-
-def load_values(tf, sess, values: dict[str, np.ndarray], *, required: bool = True) -> list[str]:
-    """Assign ``values`` by name; returns the names of this graph's variables that had none."""
-    missing, new = [], {}
-    for v in tf.global_variables():
-        name = variable_name(v)
-        if name in values:
-            new[v] = values[name]
-        elif required:
-            raise KeyError(f"no value for {name}")
-        else:
-            missing.append(name)
-    assign(tf, sess, new)
-    return missing
-
-
-def calibrate_predictors(tf, sess, feed, raw: dict, rng: np.random.Generator) -> None:
-    """Rescale predictor kernels: class logits (minus bias) spread with std 0.8 or max |.| 5, whichever is
-    smaller, around a bias U(-2.75, -2.25); box deltas std 0.25 or max |.| 1.5, bias U(-0.05, 0.05)."""
-    variables = {variable_name(v): v for v in tf.global_variables()}
-    maps = sess.run(raw, feed)
-    for net, key, std, peak, bias_range in (("class_net/class-predict", "cls", 0.8, 5.0, (-2.75, -2.25)),
-                                            ("box_net/box-predict", "box", 0.25, 1.5, (-0.05, 0.05))):
-        kernel, bias = variables[f"retinanet/{net}/kernel"], variables[f"retinanet/{net}/bias"]
-        b_old = sess.run(bias)
-        z = np.concatenate([(maps[f"{key}_{l}"] - b_old).ravel() for l in LEVELS])
-        z = z - z.mean()
-        scale = min(std / (z.std() + 1e-12), peak / (np.abs(z).max() + 1e-12))
-        assign(tf, sess, {kernel: sess.run(kernel) * np.float32(scale),
-                          bias: rng.uniform(*bias_range, b_old.shape).astype(np.float32)})
-
-
-def session(tf, graph, threads: int):
-    config = tf.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
-    return tf.Session(graph=graph, config=config)
-
-
-def freeze(tf, sess, graph, path: Path) -> list[str]:
-    """Write the frozen serving graph; returns the names of its Const nodes that hold variables' values."""
-    with graph.as_default():
-        frozen = tf.graph_util.convert_variables_to_constants(sess, graph.as_graph_def(), list(OUTPUT_NODES))
-    path.write_bytes(frozen.SerializeToString())
-    var_names = {variable_name(v) for v in graph.get_collection("variables")}
-    return sorted(n.name for n in frozen.node if n.op == "Const" and any(
-        n.name == v or n.name.startswith(v + "/") for v in var_names))
-
-
-def run_frozen(tf, path: Path, images: np.ndarray, threads: int, raw_names: dict[str, str]) -> dict[str, np.ndarray]:
-    """The frozen graph's five outputs and raw maps (by tensor name) for each image, batched."""
-    graph_def = tf.GraphDef.FromString(path.read_bytes())
-    graph = tf.Graph()
-    with graph.as_default():
-        tf.import_graph_def(graph_def, name="")
-    fetch = {k: f"{n}:0" for k, n in zip(OUTPUT_KEYS, OUTPUT_NODES, strict=True)}
-    fetch.update(raw_names)
-    with session(tf, graph, threads) as sess:
-        runs = [sess.run(fetch, {"Placeholder:0": img[None]}) for img in images]
-    return {k: np.concatenate([r[k] for r in runs]) for k in fetch}
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Main.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -429,17 +336,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.layouts:
         write_layouts(tf, args, out / "layouts.json.gz")
         return
+    section, default_config = FAMILIES[family(args)]
     if args.config_file is None:
-        args.config_file = REPO / "src" / "spinenet" / "configs" / f"spinenet{args.model_id}_retinanet.yaml"
+        args.config_file = default_config(args)
     args.custom_scaling = install_custom_scaling(args)
     params = build_params(args)
     size = args.image_size or int(params.retinanet_parser.output_size[0])
-    from modeling.architecture import spinenet
 
     meta: dict[str, Any] = {
         "command": " ".join(["tools/tf1_reference.py", *(argv if argv is not None else sys.argv[1:])]),
-        "model_id": args.model_id, "custom_scaling": args.custom_scaling is not None,
-        "scaling_map_entry": spinenet.SCALING_MAP[params.spinenet.model_id], "image_size": size, "seed": args.seed,
+        "model_id": args.model_id, "custom_scaling": args.custom_scaling is not None, "family": family(args),
+        "scaling_map_entry": scaling_module(family(args)).SCALING_MAP[getattr(params, section).model_id],
+        "image_size": size, "seed": args.seed,
         "calibration_images": args.calibration_images, "params": params.as_dict(),
         "tensorflow_version": tf2.__version__,
     }
@@ -450,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         n_trainable = int(sum(np.prod(v.shape.as_list()) for v in tf.trainable_variables()))
     layout = [[variable_name(v), v.shape.as_list(), v.dtype.base_dtype.name] for v in variables]
     meta["num_variables"], meta["trainable_params"] = len(variables), n_trainable
-    print(f"SpineNet-{args.model_id}{' (custom scaling)' if args.custom_scaling else ''} RetinaNet @{size}: "
+    print(f"{family(args)} {args.model_id}{' (custom scaling)' if args.custom_scaling else ''} RetinaNet @{size}: "
           f"{len(variables)} variables, {n_trainable:,} trainable parameters (built in {time.time() - t0:.0f} s)",
           flush=True)
 
@@ -467,7 +375,8 @@ def main(argv: list[str] | None = None) -> None:
 
         # BN moving statistics: the graph's own update ops, momentum 0, no stochastic depth, on input A.
         calib_params = build_params(args, training_overrides={
-            "batch_norm_activation": {"batch_norm_momentum": 0.0}, "spinenet": {"init_drop_connect_rate": None}})
+            "batch_norm_activation": {"batch_norm_momentum": 0.0},
+            FAMILIES[family(args)][0]: {"init_drop_connect_rate": None}})
         cgraph, cplaceholder = build_calibration_graph(tf, calib_params, size, len(calibration))
         with cgraph.as_default(), session(tf, cgraph, args.threads) as csess:
             csess.run(tf.global_variables_initializer())

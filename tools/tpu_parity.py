@@ -14,6 +14,7 @@ with this project's importer (no TensorFlow involved) and prints:
 
     python tools/tpu_parity.py /work/runs/tf1_49S
     python tools/tpu_parity.py tests/fixtures/tpu_tiny      (width-reduced: converted by mapping, not the CLI)
+    python tools/tpu_parity.py DIR --rtol 2.5e-4            (a `tools/tf1_reference.py --family mobile` recording)
 
 Exits non-zero when a map differs by more than --rtol of its max or the detections disagree away from ties.
 """
@@ -154,10 +155,14 @@ def main() -> int:
                                   bool(np.array_equal(ours["image_info"][i], frozen["image_info"][i])), det))
                 ok &= det.unmatched_ref == 0 and det.unmatched_ours == 0
 
-    variant = f"SpineNet-{meta['model_id']}" + (" (width-reduced)" if meta.get("custom_scaling") else "")
+    family = "SpineNet-Mobile" if meta.get("family") == "mobile" else "SpineNet"
+    variant = f"{family}-{meta['model_id']}" + (" (width-reduced)" if meta.get("custom_scaling") else "")
     print(f"\n{variant} @ {size}x{size}, TF {meta.get('tensorflow_version')}, BN statistics from "
           f"{meta.get('calibration_images', 1)} image(s) (input A first)")
     print(f"checkpoint: {ckpt_src}\nfrozen graph: {graph_src}")
+    ours_params = sum(t.numel() for t in m_ckpt.parameters())
+    print(f"trainable parameters: ours {ours_params:,}, TF1 {meta.get('trainable_params', 0):,} "
+          f"({'equal' if ours_params == meta.get('trainable_params') else 'DIFFERENT'})")
     print(f"weights bit-identical to {ckpt_src.name}'s ({len(s1)} tensors):")
     for src, same in identity:
         print(f"  {src.name:28s} {'yes' if same else 'NO'}")

@@ -35,14 +35,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     for name in list_models():
         m = get_model_info(name)
         rows.append((m.name, m.model_id, f"{m.input_size}x{m.input_size}", f"{m.num_params / 1e6:.2f}M",
-                     f"{m.gflops:g}", f"{m.published_ap:.1f}", str(m.epochs), m.config_file))
+                     "-" if m.gflops is None else f"{m.gflops:g}",
+                     "-" if m.published_ap is None else f"{m.published_ap:.1f}", str(m.epochs), m.config_file))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if i == 0:
             print("  ".join("-" * w for w in widths))
     print("\nparams: trainable parameters at 91 classes; GFLOPs and AP: the reference's MODEL_ZOO.md "
-          "(COCO val2017, swish + stochastic depth recipe).")
+          "(COCO val2017, swish + stochastic depth recipe); *_mobile: Model Garden's MODEL_GARDEN.md and YAMLs "
+          "('-': not published).")
     return 0
 
 

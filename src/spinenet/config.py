@@ -28,12 +28,14 @@ from spinenet.config_io import (
 
 __all__ = [
     "CONVENTION_PRESETS", "ConfigError", "ExperimentConfig", "PACKAGED_CONFIG_DIR", "SPINENET_MODEL_IDS",
+    "SPINENET_MBCONV_MODEL_IDS",
     "config_from_dict", "config_to_dict", "default_config", "dump_yaml", "load_config", "merge_dicts",
     "parse_dotted_overrides", "parse_params_override", "validate",
 ]
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SPINENET_MODEL_IDS = ("49S", "49", "96", "143", "190")
+SPINENET_MBCONV_MODEL_IDS = ("49", "49S", "49XS")  # SpineNet-Mobile (spinenet_mbconv.py SCALING_MAP)
 
 
 # --- base_config.py ------------------------------------------------------------------------------------
@@ -291,7 +293,7 @@ CONVENTION_PRESETS: dict[str, dict] = {
     },
 }
 
-_ACTIVATIONS = ("relu", "swish")
+_ACTIVATIONS = ("relu", "swish", "hard_swish")  # hard_swish: Model Garden's SpineNet-Mobile 49/49S YAMLs
 _NMS_VERSIONS = ("v1", "v2", "batched")
 _LR_TYPES = ("step", "cosine")
 _OPTIMIZERS = ("momentum", "adam", "adadelta", "adagrad", "rmsprop")
@@ -305,17 +307,20 @@ def validate(cfg: ExperimentConfig) -> None:
     """Check cross-field rules; raise one :class:`ConfigError` listing every problem found."""
     a, tr, lr, p = cfg.architecture, cfg.train, cfg.train.learning_rate, cfg.retinanet_parser
     bn, an, pp = cfg.batch_norm_activation, cfg.anchor, cfg.postprocess
-    rate = cfg.spinenet.init_drop_connect_rate
+    mobile = a.backbone == "spinenet_mbconv"
+    rate = (cfg.spinenet_mbconv if mobile else cfg.spinenet).init_drop_connect_rate
+    section = "spinenet_mbconv" if mobile else "spinenet"
     steps, stride = lr.learning_rate_steps, 2**a.max_level
     problems = [
         _one_of("architecture.convention", a.convention, list(CONVENTION_PRESETS)),
-        _one_of("spinenet.model_id", cfg.spinenet.model_id, SPINENET_MODEL_IDS),
+        (_one_of("spinenet_mbconv.model_id", cfg.spinenet_mbconv.model_id, SPINENET_MBCONV_MODEL_IDS) if mobile
+         else _one_of("spinenet.model_id", cfg.spinenet.model_id, SPINENET_MODEL_IDS)),
         _one_of("batch_norm_activation.activation", bn.activation, _ACTIVATIONS),
         _one_of("postprocess.nms_version", pp.nms_version, _NMS_VERSIONS),
         _one_of("train.learning_rate.type", lr.type, _LR_TYPES),
         _one_of("train.optimizer.type", tr.optimizer.type, _OPTIMIZERS),
-        # This port builds only SpineNet with identity features (see ArchitectureConfig).
-        _one_of("architecture.backbone", a.backbone, ["spinenet"]),
+        # This port builds only SpineNet and SpineNet-Mobile with identity features (see ArchitectureConfig).
+        _one_of("architecture.backbone", a.backbone, ["spinenet", "spinenet_mbconv"]),
         _one_of("architecture.multilevel_features", a.multilevel_features, ["identity"]),
     ]
     rules = [
@@ -323,7 +328,7 @@ def validate(cfg: ExperimentConfig) -> None:
          f"architecture.min_level ({a.min_level}) must be >= 1 and <= max_level ({a.max_level})"),
         (a.num_classes >= 2, f"architecture.num_classes must be >= 2 (background + 1), got {a.num_classes}"),
         (rate is None or 0.0 <= rate < 1.0,
-         f"spinenet.init_drop_connect_rate must be null or in [0, 1), got {rate}"),
+         f"{section}.init_drop_connect_rate must be null or in [0, 1), got {rate}"),
         (len(p.output_size) == 2 and all(s > 0 and s % stride == 0 for s in p.output_size),
          f"retinanet_parser.output_size {p.output_size} must be [height, width], positive multiples of "
          f"2**max_level = {stride} (e.g. {[max(1, round(s / stride)) * stride for s in p.output_size[:2]]})"),

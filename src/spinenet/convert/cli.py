@@ -22,6 +22,9 @@ sources:
   tpu-frozen-graph  the same model frozen into a GraphDef .pb (e.g. the seed's spinenet_tf_310.pb)
   model-garden      TF2 Model Garden (tf-models-official) tf.train.Checkpoint
 
+SpineNet-Mobile checkpoints (TF1 spinenet_mbconv, Model Garden spinenet_mobile: 49, 49S, 49XS) convert with the
+same commands; the family and variant are read off the weights.
+
 No TensorFlow is needed: checkpoints, archives and graphs are read directly. The variant, head size and
 class count are read off the weights' shapes; --config_file / --params_override only set what the weights
 can't tell (post-processing, training; for TF1 checkpoints also relu vs swish, which a frozen graph shows).
@@ -62,8 +65,9 @@ def add_convert_parser(sub) -> None:
                    help="YAML/JSON string or file applied over the config (as the reference's flag)")
     p.add_argument("--label_map_file", default=None,
                    help="id:name CSV stored in the checkpoint (default: COCO's 80 classes when num_classes=91)")
-    p.add_argument("--model_id", default=None, choices=["49S", "49", "96", "143", "190"],
-                   help="force the SpineNet variant instead of detecting it from the weights")
+    p.add_argument("--model_id", default=None, choices=["49S", "49", "96", "143", "190", "49XS"],
+                   help="force the SpineNet variant instead of detecting it from the weights (for a SpineNet-Mobile "
+                        "checkpoint: 49, 49S or 49XS)")
     to = p.add_argument_group("--to tpu")
     to.add_argument("--step", type=int, default=None,
                     help="global_step, also the checkpoint's name (default: the training step stored in the .pt, "

@@ -123,6 +123,16 @@ class _Assigner:
         if bias is not None:
             self._put(module, "bias", bias, key)
 
+    def depthwise(self, module: nn.Conv2d, kernel: np.ndarray, key: str) -> None:
+        """A depthwise kernel ``[kh, kw, C, 1]`` -> ``(C, 1, kh, kw)`` (``groups=C``)."""
+        self._put(module, "weight", np.transpose(kernel, (2, 3, 0, 1)), key)
+
+    def separable(self, module: nn.Module, values: dict[str, np.ndarray], key: str) -> None:
+        """Keras ``SeparableConv2D`` (``depthwise_kernel``, ``pointwise_kernel``, ``bias``) -> our
+        :class:`~spinenet.modeling.head.SeparableConv2d`."""
+        self.depthwise(module.depthwise, values["depthwise_kernel"], key)
+        self.conv(module.pointwise, values["pointwise_kernel"], values["bias"], key)
+
     def bn(self, module: nn.BatchNorm2d, values: dict[str, np.ndarray], key: str) -> None:
         for tf_name, pt_name in BN_FIELDS.items():
             if tf_name not in values:
@@ -248,22 +258,35 @@ def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Mod
                     a.bn(unit.norm, {f: reader.get_tensor(attrs[f"{norm_attr}/{f}"]) for f in BN_FIELDS
                                      if f"{norm_attr}/{f}" in attrs}, f"{where}/{norm_attr}")
 
-    # Head: convs shared across levels, BN per (level index, conv index).
-    head = model.head
+    map_head(a, reader, model.head)
+    if provenance is not None:
+        provenance.update(a.provenance)
+    return a.finish()
+
+
+def map_head(a: _Assigner, reader: TFCheckpointReader, head: nn.Module) -> None:
+    """The head: convs shared across levels, BN per (level index, conv index); plain or separable convs."""
+
+    def conv(module: nn.Module, k: str) -> None:
+        kind = "plain" if isinstance(module, nn.Conv2d) else "separable"
+        try:
+            if isinstance(module, nn.Conv2d):
+                a.conv(module, reader.get_tensor(k + "kernel" + SUFFIX), reader.get_tensor(k + "bias" + SUFFIX), k)
+            else:  # SeparableConv2d
+                a.separable(module, {leaf: reader.get_tensor(k + leaf + SUFFIX)
+                                     for leaf in ("depthwise_kernel", "pointwise_kernel", "bias")}, k)
+        except KeyError as e:
+            raise ConversionError(f"{a.source}: {k} lacks {e} (a {kind} head conv was expected)") from None
+
     for tf_net, net in (("cls", head.class_net), ("box", head.box_net)):
-        for i, conv in enumerate(net.convs):
-            k = f"{HEAD}_{tf_net}_convs/{i}/"
-            a.conv(conv, reader.get_tensor(k + "kernel" + SUFFIX), reader.get_tensor(k + "bias" + SUFFIX), k)
+        for i, c in enumerate(net.convs):
+            conv(c, f"{HEAD}_{tf_net}_convs/{i}/")
         for li, lvl in enumerate(net.levels):
             for i, norm in enumerate(net.norms[str(lvl)]):
                 k = f"{HEAD}_{tf_net}_norms/{li}/{i}/"
                 a.bn(norm, {f: reader.get_tensor(k + f + SUFFIX) for f in BN_FIELDS}, k)
-    for tf_name, conv in (("_classifier", head.class_net.predict), ("_box_regressor", head.box_net.predict)):
-        k = f"{HEAD}{tf_name}/"
-        a.conv(conv, reader.get_tensor(k + "kernel" + SUFFIX), reader.get_tensor(k + "bias" + SUFFIX), k)
-    if provenance is not None:
-        provenance.update(a.provenance)
-    return a.finish()
+    for tf_name, c in (("_classifier", head.class_net.predict), ("_box_regressor", head.box_net.predict)):
+        conv(c, f"{HEAD}{tf_name}/")
 
 
 def build_config(arch: dict, model_id: str, config_file: str | os.PathLike | None,
@@ -298,6 +321,14 @@ def convert_model_garden(checkpoint: str | os.PathLike, output: str | os.PathLik
         raise ConversionError(f"{reader.prefix} is a TensorFlow checkpoint but not a Model Garden SpineNet "
                               f"RetinaNet one (first variables: {', '.join(reader.keys()[:4])})")
     names = object_graph_names(reader)
+    from spinenet.convert.mobile_map import is_model_garden_mobile
+
+    if is_model_garden_mobile(names):
+        from spinenet.convert.mobile_convert import convert_model_garden_mobile
+
+        return convert_model_garden_mobile(reader, names, output, config_file=config_file,
+                                           params_override=params_override, label_map_file=label_map_file,
+                                           model_id=model_id)
     arch = infer_architecture(reader, names)
     if model_id is None:
         if len(arch["candidates"]) != 1:

@@ -152,6 +152,7 @@ def model_for_recording(metadata: dict) -> torch.nn.Module:
     norm, gen = metadata["norm_activation"], metadata["detection_generator"]
     return reference_retinanet(
         str(metadata["model_id"]), metadata["scaling_map_entry"], "model_garden",
+        mobile=metadata.get("family") == "spinenet_mobile",
         levels=(metadata["min_level"], metadata["max_level"]), num_classes=metadata["num_classes"],
         head=(metadata["head_num_convs"], metadata["head_num_filters"]),
         bn=dict(activation=norm["activation"], bn_momentum=1.0 - norm["norm_momentum"], bn_eps=norm["norm_epsilon"]),
@@ -162,22 +163,31 @@ def model_for_recording(metadata: dict) -> torch.nn.Module:
 
 
 def reference_retinanet(model_id: str, scaling: dict, convention: str, *, levels: tuple[int, int], num_classes: int,
-                        head: tuple[int, int], bn: dict, anchor: dict, postprocess: dict) -> torch.nn.Module:
+                        head: tuple[int, int], bn: dict, anchor: dict, postprocess: dict,
+                        mobile: bool = False) -> torch.nn.Module:
     """An eval-mode RetinaNet built straight from a reference recording's facts, so that width-reduced
     ``scaling`` entries (which no config names) can be rebuilt: ``head`` = (num_convs, num_filters), ``bn`` =
     activation/bn_momentum/bn_eps, ``anchor`` = num_scales/aspect_ratios/anchor_size, ``postprocess`` =
-    :class:`~spinenet.modeling.postprocess.PostprocessParams` fields."""
+    :class:`~spinenet.modeling.postprocess.PostprocessParams` fields. ``mobile``: a SpineNet-Mobile backbone
+    (``scaling`` = endpoints_num_filters/filter_size_scale/block_repeats) with the separable head."""
     from spinenet.modeling.head import RetinaNetHead
     from spinenet.modeling.postprocess import PostprocessParams
     from spinenet.modeling.retinanet import AnchorParams, DetectorParams, RetinaNet
     from spinenet.modeling.spinenet import Scaling, SpineNet
 
     min_level, max_level = levels
-    backbone = SpineNet(model_id, scaling=Scaling(**scaling), min_level=min_level, max_level=max_level,
-                        convention=convention, **bn)
+    if mobile:
+        from spinenet.modeling.spinenet_mobile import MobileScaling, SpineNetMobile
+
+        backbone = SpineNetMobile(model_id, scaling=MobileScaling(**scaling), min_level=min_level,
+                                  max_level=max_level, convention=convention, **bn)
+    else:
+        backbone = SpineNet(model_id, scaling=Scaling(**scaling), min_level=min_level, max_level=max_level,
+                            convention=convention, **bn)
     num_anchors = anchor["num_scales"] * len(anchor["aspect_ratios"])
     net_head = RetinaNetHead(backbone.out_channels, num_classes, num_anchors, min_level=min_level,
-                             max_level=max_level, num_convs=head[0], num_filters=head[1], **bn)
+                             max_level=max_level, num_convs=head[0], num_filters=head[1], use_separable_conv=mobile,
+                             **bn)
     params = DetectorParams(
         min_level=min_level, max_level=max_level, convention=convention,
         anchor=AnchorParams(anchor["num_scales"], tuple(anchor["aspect_ratios"]), anchor["anchor_size"]),

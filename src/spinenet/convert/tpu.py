@@ -24,291 +24,40 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tarfile
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from spinenet.config import ExperimentConfig, load_config
-from spinenet.convert.graphdef import FrozenGraph
+from spinenet.convert.mobile_map import is_tf1_mobile, tf1_mobile_layout
 from spinenet.convert.model_garden import (
-    BN_FIELDS,
     ConversionError,
     ConversionResult,
     _Assigner,
     detect_layout,
     save_converted,
 )
-from spinenet.convert.tf_checkpoint import TFCheckpointError, TFCheckpointReader
-from spinenet.modeling.layers import Bottleneck, ConvNormAct
-from spinenet.modeling.spinenet import SCALING_MAP, SpineNet, level_filters
+from spinenet.convert.tf_checkpoint import TFCheckpointError
+from spinenet.convert.tpu_layout import LayoutEntry, tf1_variable_layout
+from spinenet.convert.tpu_sources import (
+    CheckpointWeights,
+    FrozenGraphWeights,
+    TPUWeights,
+    _ignored,
+    open_tpu_checkpoint,
+    open_tpu_frozen_graph,
+)
+from spinenet.modeling.spinenet import SCALING_MAP, level_filters
+from spinenet.modeling.spinenet_mobile import SpineNetMobile
 
-__all__ = ["TPUWeights", "CheckpointWeights", "FrozenGraphWeights", "TPUArchitecture", "open_tpu_checkpoint",
-           "open_tpu_frozen_graph", "tf1_variable_layout", "infer_tpu_architecture", "map_tpu_weights",
-           "convert_tpu", "model_from_reference_metadata"]
+__all__ = ["TPUWeights", "CheckpointWeights", "FrozenGraphWeights", "TPUArchitecture", "LayoutEntry",
+           "open_tpu_checkpoint", "open_tpu_frozen_graph", "tf1_variable_layout", "infer_tpu_architecture",
+           "map_tpu_weights", "convert_tpu", "model_from_reference_metadata"]
 
 SOURCES = {"tpu": "TF1 TPU checkpoint", "tpu-frozen-graph": "TF1 frozen graph"}
-WEIGHT_LEAVES = ("kernel", "bias", *BN_FIELDS)
-MODEL_SCOPES = ("spinenet/", "retinanet/")
-# Graphs frozen through read ops name the Const after the read instead of the variable.
-READ_SUFFIXES = ("/read", "/Read/ReadVariableOp", "/ReadVariableOp")
-
-
-def _ignored(name: str) -> bool:
-    """Training state that is not part of the model: the step counter and the optimizer's slots."""
-    return name == "global_step" or name.endswith("/Momentum")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sources: a name -> array view over a checkpoint or a frozen graph.
-# ---------------------------------------------------------------------------------------------------------
-
-
-class TPUWeights(Protocol):
-    source: str  # file shown in messages
-    kind: str  # "checkpoint" | "frozen graph"
-
-    def names(self) -> list[str]: ...
-
-    def shape(self, name: str) -> tuple[int, ...]: ...
-
-    def get(self, name: str) -> np.ndarray: ...
-
-
-class CheckpointWeights:
-    """The tensors of a TF1 ``Saver`` checkpoint (training state included; the mapping skips it)."""
-
-    kind = "checkpoint"
-
-    def __init__(self, reader: TFCheckpointReader, source: str | None = None) -> None:
-        self.reader = reader
-        self.source = source or str(reader.prefix)
-
-    def names(self) -> list[str]:
-        return [n for n, _, dtype in self.reader.list_variables() if dtype != "string"]
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.reader.shape(name)
-
-    def get(self, name: str) -> np.ndarray:
-        return self.reader.get_tensor(name)
-
-
-class FrozenGraphWeights:
-    """The variable values folded into a frozen graph's ``Const`` nodes, by variable name."""
-
-    kind = "frozen graph"
-
-    def __init__(self, graph: FrozenGraph) -> None:
-        self.graph = graph
-        self.source = str(graph.path)
-        self._node_of: dict[str, str] = {}  # variable name -> Const node name
-        for node in graph.consts:
-            var = node
-            if not _is_weight_name(var):
-                for suffix in READ_SUFFIXES:
-                    if node.endswith(suffix) and _is_weight_name(node[: -len(suffix)]):
-                        var = node[: -len(suffix)]
-                        break
-                else:
-                    continue
-            if var in self._node_of and self._node_of[var] == var:
-                continue  # the variable's own Const wins over a read-op copy
-            self._node_of[var] = node
-
-    def names(self) -> list[str]:
-        return sorted(self._node_of)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return self.graph.const_shape(self._node(name))
-
-    def get(self, name: str) -> np.ndarray:
-        return self.graph.const_value(self._node(name))
-
-    def node_name(self, name: str) -> str:
-        return self._node(name)
-
-    def _node(self, name: str) -> str:
-        try:
-            return self._node_of[name]
-        except KeyError:
-            raise KeyError(f"{self.source} has no Const for variable {name!r}") from None
-
-
-# A tf.layers conv/BN of the backbone (auto-named) or of the head (named by the code).
-_LAYER_NAME = re.compile(r"(conv2d|batch_normalization)(_\d+)?|(class|box)-(\d+|\d+-\d+|predict)")
-
-
-def _is_weight_name(name: str) -> bool:
-    """A variable's name (``<layer>/<kernel|bias|gamma|…>``), not e.g. swish's ``beta`` scalar of a frozen graph."""
-    parts = name.rsplit("/", 2)
-    return len(parts) == 3 and parts[2] in WEIGHT_LEAVES and bool(_LAYER_NAME.fullmatch(parts[1]))
-
-
-@contextmanager
-def open_tpu_checkpoint(path: str | os.PathLike) -> Iterator[CheckpointWeights]:
-    """A TF1 checkpoint given as a prefix, ``.index``, folder (searched recursively) or ``.tar.gz``/``.tgz``."""
-    p = Path(path)
-    if p.is_file() and _is_tarball(p):
-        with tempfile.TemporaryDirectory(prefix="spinenet-tpu-") as tmp:
-            _safe_extract(p, Path(tmp))
-            prefix = _find_checkpoint(Path(tmp), shown=p)
-            yield CheckpointWeights(TFCheckpointReader(prefix), f"{p}:{prefix.relative_to(tmp)}")
-        return
-    if p.is_file() and p.suffix == ".pb":
-        raise ConversionError(f"{p} is a GraphDef (.pb), not a checkpoint: convert it with --from tpu-frozen-graph")
-    if p.is_dir():
-        p = _find_checkpoint(p, shown=p)
-    try:
-        reader = TFCheckpointReader(p)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"{e}. A TF1 checkpoint is PREFIX.index + PREFIX.data-*, e.g. model.ckpt-231500; "
-                                "a published .tar.gz or a folder holding one also works") from None
-    yield CheckpointWeights(reader)
-
-
-def open_tpu_frozen_graph(path: str | os.PathLike) -> FrozenGraphWeights:
-    p = Path(path)
-    if p.is_dir():
-        pbs = sorted(p.glob("*.pb"))
-        if len(pbs) != 1:
-            raise FileNotFoundError(f"{p} is a folder holding {len(pbs)} .pb files; pass the frozen graph file")
-        p = pbs[0]
-    if (p.suffix == ".index" or ".data-" in p.name or (p.is_file() and _is_tarball(p))
-            or (not p.exists() and Path(f"{p}.index").is_file())):
-        raise ConversionError(f"{p} looks like a TF checkpoint, not a frozen graph: convert it with --from tpu")
-    return FrozenGraphWeights(FrozenGraph(p))
-
-
-def _is_tarball(p: Path) -> bool:
-    if p.name.endswith((".tar.gz", ".tgz", ".tar")):
-        return True
-    return p.suffix not in (".index", ".pb") and ".data-" not in p.name and tarfile.is_tarfile(p)
-
-
-def _safe_extract(tarball: Path, dest: Path) -> None:
-    """Extract regular files and folders only; reject absolute paths, ``..``, links and devices."""
-    try:
-        with tarfile.open(tarball) as tar:
-            for m in tar:
-                rel = PurePosixPath(m.name)
-                if rel.is_absolute() or ".." in rel.parts or m.name.startswith(("/", "\\")):
-                    raise ConversionError(f"{tarball}: refusing to extract {m.name!r} (path outside the archive)")
-                target = dest.joinpath(*rel.parts)
-                if m.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                elif m.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    src = tar.extractfile(m)
-                    assert src is not None
-                    with src, open(target, "wb") as out:
-                        shutil.copyfileobj(src, out, 1 << 20)
-                else:
-                    raise ConversionError(f"{tarball}: refusing to extract {m.name!r} (a link or special file); "
-                                          "a checkpoint archive holds regular files only")
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ConversionError(f"{tarball} is not a readable .tar.gz ({type(e).__name__}: {e}); truncated "
-                              "download? Fetch it again or extract it yourself and pass the folder") from None
-
-
-def _find_checkpoint(folder: Path, shown: Path) -> Path:
-    """The checkpoint prefix in ``folder`` or below: a ``checkpoint`` state file decides, else a single index."""
-    indexes = sorted(folder.rglob("*.index"))
-    if not indexes:
-        pbs, archives = sorted(folder.rglob("*.pb")), sorted(folder.glob("*.tar.gz")) + sorted(folder.glob("*.tgz"))
-        hint = ""
-        if archives:
-            hint = f"; it holds {archives[0].name}: pass the archive itself"
-        elif pbs:
-            hint = f"; it holds {pbs[0].name}: use --from tpu-frozen-graph for a frozen graph"
-        raise FileNotFoundError(f"{shown} holds no TensorFlow checkpoint (no *.index file){hint}")
-    dirs = sorted({i.parent for i in indexes})
-    if len(dirs) == 1 and ((dirs[0] / "checkpoint").is_file() or len(indexes) == 1):
-        from spinenet.convert.tf_checkpoint import _resolve_prefix
-
-        return _resolve_prefix(dirs[0])
-    names = ", ".join(str(i.relative_to(folder).with_suffix("")) for i in indexes[:6])
-    raise ConversionError(f"{shown} holds {len(indexes)} checkpoints ({names}); pass the prefix of the one to "
-                          "convert (extract the archive first)")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The layout: our modules in TF1 creation order, with their TF1 variable names.
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LayoutEntry:
-    tf_name: str  # variable prefix, e.g. spinenet/sub_policy3/scale_permuted_block_5/conv2d_2
-    kind: str  # "conv" (kernel), "conv_bias" (kernel + bias) or "bn"
-    module: nn.Module
-
-    def variables(self) -> list[str]:
-        leaves = {"conv": ("kernel",), "conv_bias": ("kernel", "bias"), "bn": tuple(BN_FIELDS)}[self.kind]
-        return [f"{self.tf_name}/{leaf}" for leaf in leaves]
-
-
-class _Scopes:
-    """``tf.layers`` auto-naming: a counter per (variable scope, layer type)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[tuple[str, str], int] = {}
-        self.entries: list[LayoutEntry] = []
-
-    def unit(self, scope: str, unit: ConvNormAct) -> None:
-        self.entries.append(LayoutEntry(self._name(scope, "conv2d"), "conv", unit.conv))
-        self.entries.append(LayoutEntry(self._name(scope, "batch_normalization"), "bn", unit.norm))
-
-    def _name(self, scope: str, base: str) -> str:
-        k = self.counts.get((scope, base), 0)
-        self.counts[(scope, base)] = k + 1
-        return f"{scope}/{base}" if k == 0 else f"{scope}/{base}_{k}"
-
-
-def _block_units_tf1_order(blk: nn.Module) -> list[ConvNormAct]:
-    """A bottleneck/residual block's conv+BN units in the order the TF1 code creates them (shortcut first)."""
-    units = [blk.shortcut] if blk.shortcut is not None else []
-    units += [blk.conv1, blk.conv2] + ([blk.conv3] if isinstance(blk, Bottleneck) else [])
-    return units
-
-
-def tf1_variable_layout(model: nn.Module) -> list[LayoutEntry]:
-    """Every conv/BN of a :class:`~spinenet.modeling.retinanet.RetinaNet` with its TF1 variable prefix."""
-    backbone: SpineNet = model.backbone
-    s = _Scopes()
-    s.unit("spinenet", backbone.stem)
-    for group in backbone.stem_blocks:  # stem_block_1, stem_block_2: no variable scope of their own
-        for blk in group:
-            for unit in _block_units_tf1_order(blk):
-                s.unit("spinenet", unit)
-    for i, block in enumerate(backbone.blocks):
-        for j, r in enumerate(block.resample):
-            scope = f"spinenet/sub_policy{i}/resample_with_alpha_resample_{i}_{j}"
-            for unit in (r.reduce, r.down, r.expand):
-                if unit is not None:
-                    s.unit(scope, unit)
-        for blk in block.group:
-            for unit in _block_units_tf1_order(blk):
-                s.unit(f"spinenet/sub_policy{i}/scale_permuted_block_{i + 2}", unit)
-    for lvl in range(backbone.min_level, backbone.max_level + 1):
-        s.unit("spinenet", backbone.endpoints[str(lvl)])
-    entries = s.entries
-    head = model.head
-    for tf_net, net in (("class", head.class_net), ("box", head.box_net)):
-        base = f"retinanet/{tf_net}_net/{tf_net}"
-        entries += [LayoutEntry(f"{base}-{i}", "conv_bias", conv) for i, conv in enumerate(net.convs)]
-        entries += [LayoutEntry(f"{base}-{i}-{lvl}", "bn", norm)
-                    for lvl in net.levels for i, norm in enumerate(net.norms[str(lvl)])]
-        entries.append(LayoutEntry(f"{base}-predict", "conv_bias", net.predict))
-    return entries
+MODEL_SCOPES = ("spinenet/", "spinenet_mbconv/", "retinanet/")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -388,19 +137,16 @@ def map_tpu_weights(w: TPUWeights, model: nn.Module, provenance: dict[str, str] 
     a = _Assigner(model, w.source)
     available = set(w.names())
     used: set[str] = set()
-    for entry in tf1_variable_layout(model):
+    layout = tf1_mobile_layout(model) if isinstance(model.backbone, SpineNetMobile) else tf1_variable_layout(model)
+    for entry in layout:
         missing = [v for v in entry.variables() if v not in available]
         if missing:
             close = [n for n in available if n.startswith(entry.tf_name.rsplit("/", 1)[0] + "/")][:4]
             raise ConversionError(f"{w.source}: {w.kind} has no {missing[0]} (needed for "
                                   f"{type(entry.module).__name__}); is it another SpineNet variant or head size? "
                                   f"Tensors in that scope: {close or 'none'}")
-        values = {v.rsplit("/", 1)[-1]: w.get(v) for v in entry.variables()}
         used.update(entry.variables())
-        if entry.kind == "bn":
-            a.bn(entry.module, values, entry.tf_name)
-        else:
-            a.conv(entry.module, values["kernel"], values.get("bias"), entry.tf_name)
+        entry.assign(a, {v.rsplit("/", 1)[-1]: w.get(v) for v in entry.variables()})
     left = sorted(n for n in available - used if not _ignored(n))
     in_model = [n for n in left if n.startswith(MODEL_SCOPES)]
     if in_model:
@@ -478,6 +224,11 @@ def _convert(w: TPUWeights, output: str | os.PathLike, fmt: str, config_file, pa
     from spinenet.modeling.factory import build_retinanet
 
     _check_layout(w)
+    if is_tf1_mobile(w.names()):
+        from spinenet.convert.mobile_convert import convert_tf1_mobile
+
+        return convert_tf1_mobile(w, output, fmt, config_file=config_file, params_override=params_override,
+                                  label_map_file=label_map_file, model_id=model_id)
     arch = infer_tpu_architecture(w)
     notes: list[str] = []
     if model_id is None:
@@ -525,9 +276,10 @@ def _check_layout(w: TPUWeights) -> None:
             raise ConversionError(f"{w.source} looks like a Model Garden checkpoint (variables under model/_backbone/ "
                                   "and model/_head/), not a TF1 TPU one: use --from model-garden")
     names = w.names()
-    if not any(n.startswith("spinenet/") for n in names) or not any(n.startswith("retinanet/") for n in names):
-        raise ConversionError(f"{w.source} is not a TF1 SpineNet RetinaNet {w.kind}: it has no spinenet/… and "
-                              f"retinanet/… variables ({_what_it_holds(w)})")
+    if (not any(n.startswith(("spinenet/", "spinenet_mbconv/")) for n in names)
+            or not any(n.startswith("retinanet/") for n in names)):
+        raise ConversionError(f"{w.source} is not a TF1 SpineNet RetinaNet {w.kind}: it has no spinenet/… (or "
+                              f"spinenet_mbconv/…) and retinanet/… variables ({_what_it_holds(w)})")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -542,8 +294,10 @@ def model_from_reference_metadata(meta: dict) -> nn.Module:
 
     p = meta["params"]
     arch, bn, post = p["architecture"], p["batch_norm_activation"], p["postprocess"]
+    mobile = meta.get("family") == "mobile"
     return reference_retinanet(
-        str(p["spinenet"]["model_id"]), meta["scaling_map_entry"], "tpu",
+        str(p["spinenet_mbconv" if mobile else "spinenet"]["model_id"]), meta["scaling_map_entry"], "tpu",
+        mobile=mobile,
         levels=(arch["min_level"], arch["max_level"]), num_classes=arch["num_classes"],
         head=(p["retinanet_head"]["num_convs"], p["retinanet_head"]["num_filters"]),
         bn=dict(activation=bn["activation"], bn_momentum=1.0 - bn["batch_norm_momentum"],

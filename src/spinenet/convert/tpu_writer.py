@@ -129,7 +129,10 @@ def check_tpu_config(cfg: ExperimentConfig, source: str) -> None:
     if cfg.batch_norm_activation.activation not in TPU_ACTIVATIONS:
         problems.append(f"activation {cfg.batch_norm_activation.activation!r} is not one the TPU code has "
                         f"({', '.join(TPU_ACTIVATIONS)})")
-    if cfg.spinenet.model_id not in TPU_MODEL_IDS:
+    if cfg.architecture.backbone != "spinenet":
+        problems.append(f"backbone {cfg.architecture.backbone!r}: --to tpu writes SpineNet's layout only "
+                        "(SpineNet-Mobile's spinenet_mbconv layout is read by --from tpu, not written)")
+    elif cfg.spinenet.model_id not in TPU_MODEL_IDS:
         problems.append(f"SpineNet-{cfg.spinenet.model_id} is not a TPU-code variant ({', '.join(TPU_MODEL_IDS)})")
     head = cfg.retinanet_head
     if head.use_separable_conv or not head.use_batch_norm:

@@ -146,6 +146,11 @@ def run_export(args: argparse.Namespace) -> int:
               f"({trained[0]},{trained[1]}): objects then appear at scales the model never saw, and detections can "
               f"be wrong (many confident boxes on a blank image); pass --input_image_size {trained[0]},{trained[1]} "
               "unless this size has been checked", flush=True)
+    from spinenet.modeling.spinenet_mobile import SpineNetMobile
+
+    # SpineNet-Mobile's depthwise/separable convolutions have no Winograd form: its export is "direct" anyway.
+    conv_algorithm = "direct" if isinstance(model.backbone, SpineNetMobile) else (
+        args.conv_algorithm or profile.conv_algorithm)
     print(f"building and exporting {variant} at {h}x{w}, batch {args.batch_size}, then checking the graph "
           "(ONNX checker, shape inference, static shapes)", flush=True)
     start = time.perf_counter()
@@ -158,7 +163,7 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s): "
           f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
-          f"postprocess {args.postprocess}, {args.conv_algorithm or profile.conv_algorithm} convolutions, "
+          f"postprocess {args.postprocess}, {conv_algorithm} convolutions, "
           f"{profile.describe if args.postprocess != 'none' else 'target ' + profile.target}")
     if keep_dtype is not None:
         from spinenet.deploy.precision import write_export_keep_dtype

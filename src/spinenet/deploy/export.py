@@ -31,6 +31,7 @@ from spinenet.deploy.precision import name_unnamed_nodes
 from spinenet.deploy.targets import export_profile
 from spinenet.io_checks import current_umask
 from spinenet.modeling.retinanet import RetinaNet, default_image_info
+from spinenet.modeling.spinenet_mobile import SpineNetMobile
 
 INPUT_TYPES = ("image_tensor", "raw_image_tensor")
 POSTPROCESS = ("v1", "none")
@@ -175,6 +176,8 @@ def export_onnx(model: RetinaNet, path: str | os.PathLike, batch_size: int = 1,
         # 11: TopK's lower-index tie rule and Clip with tensor bounds; 13: the newest ATC in CANN 5/6 takes.
         raise ValueError(f"opset {opset} is not supported for {profile.target}; valid: {low}-{high}")
     conv_algorithm = conv_algorithm or profile.conv_algorithm
+    if isinstance(model.backbone, SpineNetMobile):
+        conv_algorithm = "direct"  # depthwise/separable convs: no Winograd rewrite applies (optimize.py), say so
     if nms_rounds is not None and profile.nms_rounds is None:
         raise ValueError("nms_rounds applies to the unrolled NMS of target ascend only")
     nms_rounds = nms_rounds or profile.nms_rounds

@@ -32,10 +32,11 @@ from torch import nn
 
 from spinenet.deploy.winograd import SizeSwitchedConv, is_winograd_compatible
 from spinenet.deploy.winograd_head import WinogradHead
-from spinenet.modeling.head import RetinaNetHead
+from spinenet.modeling.head import RetinaNetHead, SeparableConv2d
 from spinenet.modeling.layers import ConvNormAct, batchnorm_affine
 from spinenet.modeling.retinanet import RetinaNet
 from spinenet.modeling.spinenet import SpineNet
+from spinenet.modeling.spinenet_mobile import SpineNetMobile
 
 # Where Winograd pays, measured on the 2-core CPU (whole SpineNet-49S at 640x640, fp32, each placement against
 # the others in the same process). ONNX Runtime: Winograd in the head on maps of 40x40 and more, 0.89x the time
@@ -74,13 +75,18 @@ def drop_background_channels(head: RetinaNetHead) -> None:
         return
     predict = head.class_net.predict
     a, k = head.num_anchors, head.num_classes
-    keep = torch.tensor([i * k + c for i in range(a) for c in range(1, k)], device=predict.weight.device)
-    slim = nn.Conv2d(predict.in_channels, len(keep), 3, padding=1, bias=predict.bias is not None,
-                     device=predict.weight.device, dtype=predict.weight.dtype)
-    slim.weight.copy_(predict.weight[keep])
-    if predict.bias is not None:
-        slim.bias.copy_(predict.bias[keep])
-    head.class_net.predict = slim
+    # A separable predictor (SpineNet-Mobile) keeps its depthwise part; only the pointwise 1x1 loses rows.
+    target = predict.pointwise if isinstance(predict, SeparableConv2d) else predict
+    keep = torch.tensor([i * k + c for i in range(a) for c in range(1, k)], device=target.weight.device)
+    slim = nn.Conv2d(target.in_channels, len(keep), target.kernel_size, padding=target.padding,
+                     bias=target.bias is not None, device=target.weight.device, dtype=target.weight.dtype)
+    slim.weight.copy_(target.weight[keep])
+    if target.bias is not None:
+        slim.bias.copy_(target.bias[keep])
+    if isinstance(predict, SeparableConv2d):
+        predict.pointwise = slim
+    else:
+        head.class_net.predict = slim
     head.background_channel = False
 
 
@@ -137,7 +143,8 @@ def optimize_for_inference(model: RetinaNet, *, conv_algorithm: str = "winograd"
                            backbone_winograd_min_channels: int = BACKBONE_WINOGRAD_MIN_CHANNELS) -> RetinaNet:
     """An eval-mode copy of ``model`` with BN folded and, for ``conv_algorithm="winograd"``, Winograd 3x3
     convolutions on maps of at least ``winograd_min_pixels`` pixels: the head's, and the backbone's with at least
-    ``backbone_winograd_min_channels`` input channels after padding (see the module docstring)."""
+    ``backbone_winograd_min_channels`` input channels after padding (see the module docstring). For SpineNet-Mobile
+    only the folding and the background drop apply."""
     if conv_algorithm not in CONV_ALGORITHMS:
         raise ValueError(f"conv_algorithm {conv_algorithm!r} is unknown; valid: {', '.join(CONV_ALGORITHMS)}")
     fast = copy.deepcopy(model).eval()
@@ -146,6 +153,10 @@ def optimize_for_inference(model: RetinaNet, *, conv_algorithm: str = "winograd"
             fold_batchnorm(module)
     if drop_background:
         drop_background_channels(fast.head)
+    if isinstance(fast.backbone, SpineNetMobile):
+        # Depthwise and separable convolutions: channel padding, shared reductions and Winograd (all written
+        # for SpineNet's dense convolutions) do not apply; BN folding and the background drop do.
+        return fast
     if channel_multiple > 1:
         pad_backbone_channels(fast.backbone, channel_multiple)
     fast.backbone = SharedReduceSpineNet(fast.backbone)

@@ -73,7 +73,7 @@ def make_checkpoint(model: torch.nn.Module, cfg: ExperimentConfig, *, variant: s
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "variant": variant,
-        "model_id": cfg.spinenet.model_id,
+        "model_id": (cfg.spinenet_mbconv if cfg.architecture.backbone == "spinenet_mbconv" else cfg.spinenet).model_id,
         "config": config_to_dict(cfg),
         # String keys: a checkpoint must round-trip through JSON-minded tools as well as torch.load.
         "label_map": {str(k): v for k, v in (label_map or {}).items()},

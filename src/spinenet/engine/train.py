@@ -103,7 +103,7 @@ def train(cfg: ExperimentConfig, opts: TrainOptions) -> dict:
 
 
 def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStack) -> dict:
-    from spinenet.registry import get_model_info
+    from spinenet.registry import variant_for_config
 
     dist_info = init_distributed(opts.device)
     device = dist_info.device
@@ -157,7 +157,7 @@ def _train(cfg: ExperimentConfig, opts: TrainOptions, stack: contextlib.ExitStac
     loss_params = LossParams(cfg.retinanet_loss.focal_loss_alpha, cfg.retinanet_loss.focal_loss_gamma,
                              cfg.retinanet_loss.huber_loss_delta, cfg.retinanet_loss.box_loss_weight)
     last_step = min(cfg.train.total_steps, opts.max_steps or cfg.train.total_steps)
-    variant = get_model_info(cfg.spinenet.model_id).name
+    variant = variant_for_config(cfg)
     label_map = loader.dataset.label_map()
 
     def save(metrics: dict | None = None) -> None:

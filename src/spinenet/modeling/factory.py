@@ -10,6 +10,7 @@ from spinenet.modeling.head import RetinaNetHead
 from spinenet.modeling.postprocess import PostprocessParams
 from spinenet.modeling.retinanet import AnchorParams, DetectorParams, RetinaNet
 from spinenet.modeling.spinenet import SpineNet
+from spinenet.modeling.spinenet_mobile import SpineNetMobile
 
 
 def _bn_kwargs(cfg: ExperimentConfig) -> dict:
@@ -18,9 +19,16 @@ def _bn_kwargs(cfg: ExperimentConfig) -> dict:
     return dict(activation=bn.activation, bn_momentum=1.0 - bn.batch_norm_momentum, bn_eps=bn.batch_norm_epsilon)
 
 
-def build_backbone(cfg: ExperimentConfig) -> SpineNet:
+def build_backbone(cfg: ExperimentConfig) -> SpineNet | SpineNetMobile:
+    if cfg.architecture.backbone == "spinenet_mbconv":
+        mb = cfg.spinenet_mbconv
+        return SpineNetMobile(mb.model_id, min_level=cfg.architecture.min_level,
+                              max_level=cfg.architecture.max_level, se_ratio=mb.se_ratio,
+                              init_drop_connect_rate=mb.init_drop_connect_rate,
+                              convention=cfg.architecture.convention, **_bn_kwargs(cfg))
     if cfg.architecture.backbone != "spinenet":
-        raise ValueError(f"architecture.backbone {cfg.architecture.backbone!r} is not supported; valid: spinenet")
+        raise ValueError(f"architecture.backbone {cfg.architecture.backbone!r} is not supported; "
+                         "valid: spinenet, spinenet_mbconv")
     return SpineNet(cfg.spinenet.model_id, min_level=cfg.architecture.min_level,
                     max_level=cfg.architecture.max_level,
                     init_drop_connect_rate=cfg.spinenet.init_drop_connect_rate,
@@ -33,13 +41,19 @@ def num_anchors_per_location(cfg: ExperimentConfig) -> int:
 
 def build_head(cfg: ExperimentConfig, in_channels: int) -> RetinaNetHead:
     head = cfg.retinanet_head
-    if head.use_separable_conv:
-        raise ValueError("retinanet_head.use_separable_conv: true is not supported (no SpineNet config uses it)")
     if not head.use_batch_norm:
         raise ValueError("retinanet_head.use_batch_norm: false is not supported (every SpineNet config uses BN)")
-    return RetinaNetHead(in_channels, cfg.architecture.num_classes, num_anchors_per_location(cfg),
-                         min_level=cfg.architecture.min_level, max_level=cfg.architecture.max_level,
-                         num_convs=head.num_convs, num_filters=head.num_filters, **_bn_kwargs(cfg))
+    built = RetinaNetHead(in_channels, cfg.architecture.num_classes, num_anchors_per_location(cfg),
+                          min_level=cfg.architecture.min_level, max_level=cfg.architecture.max_level,
+                          num_convs=head.num_convs, num_filters=head.num_filters,
+                          use_separable_conv=head.use_separable_conv, **_bn_kwargs(cfg))
+    if head.use_separable_conv and cfg.architecture.convention == "model_garden":
+        # Model Garden regularizes the separable predictors' kernels but not the towers' (its
+        # dense_prediction_heads.py:124-127 gives the tower a kernel_regularizer only when not separable).
+        for subnet in (built.class_net, built.box_net):
+            for conv in subnet.convs:
+                conv.depthwise.l2_exempt = conv.pointwise.l2_exempt = True
+    return built
 
 
 def build_detector_params(cfg: ExperimentConfig) -> DetectorParams:

@@ -45,12 +45,25 @@ def pad_same(x: Tensor, kernel: int, stride: int, value: float = 0.0) -> Tensor:
     return F.pad(x, (left, right, top, bottom), value=value)
 
 
+class HardSwish(nn.Module):
+    """``x * relu6(x + 3) / 6`` (Model Garden ``activations.hard_swish``), written out as Clip/Add/Mul so the
+    exported ONNX graph needs no ``HardSwish`` operator (not on every ATC operator list)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * F.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+ACTIVATIONS = ("relu", "swish", "hard_swish")
+
+
 def get_activation(name: str) -> nn.Module:
     if name == "swish":
         return nn.SiLU()
     if name == "relu":
         return nn.ReLU()
-    raise ValueError(f"unknown activation {name!r}; valid: relu, swish")
+    if name == "hard_swish":
+        return HardSwish()
+    raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
 
 
 def init_variance_scaling_(weight: Tensor) -> Tensor:
@@ -75,11 +88,11 @@ class Conv2dTF(nn.Conv2d):
     """``nn.Conv2d`` with the reference's padding rule for its convention (no bias by default)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *,
-                 convention: str = "tpu", bias: bool = False):
+                 convention: str = "tpu", bias: bool = False, groups: int = 1):
         # Symmetric padding is static and free; only Keras 'same' with stride > 1 needs a dynamic pad.
         self.dynamic_same = check_convention(convention) == "model_garden" and stride > 1
         padding = 0 if self.dynamic_same else (kernel_size - 1) // 2
-        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias)
+        super().__init__(in_ch, out_ch, kernel_size, stride=stride, padding=padding, bias=bias, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.dynamic_same:
@@ -161,9 +174,9 @@ class ConvNormAct(nn.Module):
     """conv -> BN -> optional activation; the unit every SpineNet layer is made of."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, *, activation: str | None,
-                 convention: str = "tpu", bn_momentum: float = 0.003, bn_eps: float = 1e-4):
+                 convention: str = "tpu", bn_momentum: float = 0.003, bn_eps: float = 1e-4, groups: int = 1):
         super().__init__()
-        self.conv = Conv2dTF(in_ch, out_ch, kernel_size, stride, convention=convention)
+        self.conv = Conv2dTF(in_ch, out_ch, kernel_size, stride, convention=convention, groups=groups)
         self.norm = BatchNorm2dTF(out_ch, eps=bn_eps, momentum=bn_momentum)
         self.act = get_activation(activation) if activation else nn.Identity()
         init_variance_scaling_(self.conv.weight)

@@ -122,11 +122,13 @@ def l2_regularization(model: nn.Module, weight_decay: float) -> Tensor:
     The reference's regex ``.*(kernel|weight):0$`` matches every conv kernel (backbone, head towers, head
     predictors) and nothing else in this model: not the biases, not BN gamma/beta. Here: the 4-D ``weight`` of
     each ``nn.Conv2d`` with ``requires_grad`` (the reference takes trainable variables), each counted once even
-    when a conv is shared (the head's convs serve all levels).
+    when a conv is shared (the head's convs serve all levels). A conv with ``l2_exempt = True`` is left out: the
+    builder sets it where the convention's reference leaves a kernel unregularized (Model Garden's depthwise
+    kernels in SpineNet-Mobile; :mod:`spinenet.modeling.spinenet_mobile`).
     """
     kernels: dict[int, Tensor] = {}
     for module in model.modules():
-        if isinstance(module, nn.Conv2d) and module.weight.requires_grad:
+        if isinstance(module, nn.Conv2d) and module.weight.requires_grad and not getattr(module, "l2_exempt", False):
             kernels[id(module.weight)] = module.weight
     if not kernels:
         device = next(model.parameters(), torch.zeros(())).device

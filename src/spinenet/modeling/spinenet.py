@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from spinenet.modeling.layers import BLOCK_FNS, BlockGroup, ConvNormAct, MaxPoolSame, check_convention
+from spinenet.modeling.layers import BLOCK_FNS, BlockGroup, ConvNormAct, MaxPoolSame, check_convention, get_activation
 
 # Base block filter count per level (``FILTER_SIZE_MAP``).
 FILTER_SIZE_MAP = {1: 32, 2: 64, 3: 128, 4: 256, 5: 256, 6: 256, 7: 256}
@@ -136,7 +136,7 @@ class ScalePermutedBlock(nn.Module):
         out_ch = filters * BLOCK_FNS[spec.block_fn].expansion
         self.resample = nn.ModuleList(
             Resample(ch, fn, lvl, out_ch, spec.level, alpha, **kw) for lvl, fn, ch in parents)
-        self.act = nn.SiLU() if activation == "swish" else nn.ReLU()
+        self.act = get_activation(activation)
         self.group = BlockGroup(out_ch, filters, spec.block_fn, repeats, drop_rate=drop_rate, **kw)
 
     def forward(self, feats: list[Tensor], reduced: list[Tensor | None] | None = None) -> Tensor:
