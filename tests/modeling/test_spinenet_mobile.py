@@ -163,3 +163,15 @@ def test_separable_module_is_depthwise_then_pointwise():
     dw = torch.nn.functional.conv2d(x, conv.depthwise.weight, padding=1, groups=4)
     ref = torch.nn.functional.conv2d(dw, conv.pointwise.weight, conv.pointwise.bias)
     torch.testing.assert_close(conv(x), ref)
+
+
+def test_separable_tower_init_is_glorot_uniform_and_predictors_normal_0p03():
+    # Keras SeparableConv2D's default (Model Garden passes none for the tower), tf.layers' in TF1: limit
+    # sqrt(6 / (fan_in + fan_out)); depthwise (3, 3, C, 1): 9C + 9. Model Garden's predictors: N(0, 0.03).
+    torch.manual_seed(0)
+    head = RetinaNetHead(48, 91, 9, num_filters=48, use_separable_conv=True)
+    dw, pw = head.class_net.convs[0].depthwise.weight, head.class_net.convs[0].pointwise.weight
+    for w, limit in ((dw, math.sqrt(6 / (9 * 48 + 9))), (pw, math.sqrt(6 / (48 + 48)))):
+        assert w.abs().max() <= limit
+        assert w.std().item() == pytest.approx(limit / math.sqrt(3), rel=0.1)
+    assert head.class_net.predict.pointwise.weight.std().item() == pytest.approx(0.03, rel=0.05)

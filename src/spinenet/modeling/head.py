@@ -25,13 +25,19 @@ class SeparableConv2d(nn.Module):
     tower convs (``dense_prediction_heads.py:124-127`` regularizes only the non-separable kind).
     """
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, std: float = 0.01):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int = 3, *, std: float | None = None):
         super().__init__()
         self.depthwise = nn.Conv2d(in_ch, in_ch, kernel_size, padding=(kernel_size - 1) // 2, groups=in_ch,
                                    bias=False)
         self.pointwise = nn.Conv2d(in_ch, out_ch, 1, bias=True)
         for conv in (self.depthwise, self.pointwise):
-            nn.init.normal_(conv.weight, std=std)
+            if std is None:
+                # Glorot uniform: what both references' tower convs get (Keras SeparableConv2D's default, Model
+                # Garden passing no initializer; tf.layers.separable_conv2d's in TF1). torch's fans for (C, 1, k, k)
+                # sum to Keras's for (k, k, C, 1). A small normal init here (x BN epsilon 1e-3) stalls training.
+                nn.init.xavier_uniform_(conv.weight)
+            else:
+                nn.init.normal_(conv.weight, std=std)
         nn.init.zeros_(self.pointwise.bias)
 
     @property
