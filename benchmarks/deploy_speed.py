@@ -12,16 +12,20 @@ converted by `spinenet convert`) on the same 640x640 image, at batch 1 (``--batc
   the direct one;
   PyTorch eager fp32 as the checkpoint runs (forward alone and with post-processing) and with the export's
   inference rewrites; `torch.compile` (Inductor, weights frozen) of the rewritten model with direct
-  convolutions, forward alone and with post-processing (compiled once per process, before the warm-ups).
+  convolutions, forward alone and with post-processing (compiled once per process, before the warm-ups);
+  int8 (`spinenet export --quantize int8`, calibrated on 16 synthetic 640x640 images) in OpenVINO with the default
+  float groups (predictors float) and with every convolution int8, and in ONNX Runtime; the float parts of the
+  int8 rows run in fp32 (OpenVINO's precision hint stated per row: its CPU default would be bf16 here).
 
 Each of this project's rows runs in its own process (so its peak RSS is its own) with the same thread count,
 ``--rounds`` times round-robin.
 
     python benchmarks/deploy_speed.py --tf_python .venv-tf/bin/python [--runs 10] [--rounds 3] [--threads 2]
 
-Prints a table (median of --runs after 3 warm-ups, peak RSS) and the ratios to TF's forward + post-processing:
-ONNX Runtime fp32 (issue target <= 0.5) and the best backend at fp32 (issue target <= 0.4). Exit status 0 when
-the ONNX Runtime ratio meets its target.
+Prints a table (median of --runs after 3 warm-ups, peak RSS, the CPU's int8/bf16 instruction sets) and the ratios
+to TF's forward + post-processing: ONNX Runtime fp32 (issue target <= 0.5) and the best backend at fp32 (issue
+target <= 0.4); and the best int8 row's time over the best fp32 row's (issue 17's target <= 0.6). Exit status 0
+when the ONNX Runtime ratio meets its target.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ORT_TARGET, BEST_TARGET = 0.5, 0.4
+ORT_TARGET, BEST_TARGET, INT8_TARGET = 0.5, 0.4, 0.6
 
 
 def _row(spec: dict, runs: int, threads: int) -> dict:
@@ -94,6 +98,20 @@ def _run_row(spec: dict, runs: int, threads: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _int8_exports(fp32_direct: Path, work: Path, batch: int) -> dict[str, Path]:
+    """The int8 exports of the direct-convolution graph: default float groups ("int8") and none ("int8_all"),
+    calibrated on 16 synthetic 640x640 images (timing does not depend on the calibration's values)."""
+    from spinenet.data.synthetic import make_synthetic_dataset
+    from spinenet.deploy.quantize import calibration_images, quantize_int8
+
+    calib = work / "calibration"
+    if not (calib / "annotations" / "instances_train.json").exists():
+        make_synthetic_dataset(calib, num_train=16, num_val=0, image_size=640, seed=1, overwrite=True, progress=False)
+    images = calibration_images(calib / "annotations" / "instances_train.json", calib / "train", (640, 640), 16)
+    return {"int8": quantize_int8(fp32_direct, work / f"int8_b{batch}.onnx", images),
+            "int8_all": quantize_int8(fp32_direct, work / f"int8_all_b{batch}.onnx", images, float_groups=())}
+
+
 def _tf_timing(args, work: Path, tag: str) -> dict:
     cmd = [args.tf_python, str(HERE.parent / "tools" / "model_garden_fixture.py"), "--model_id", "49S",
            "--output", str(work), "--time_runs", str(args.runs), "--time_batch", str(args.batch), "--num_images", "1"]
@@ -130,6 +148,7 @@ def main() -> int:
     import torch
 
     from spinenet.convert.model_garden import convert_model_garden
+    from spinenet.deploy.benchmark import isa_flags
     from spinenet.deploy.export import export_onnx
     from spinenet.engine.checkpoint import load_model
 
@@ -139,6 +158,7 @@ def main() -> int:
     onnx = {name: export_onnx(model, work / f"{name}_b{b}.onnx", batch_size=b, image_size=(640, 640), **kw)
             for name, kw in (("full", {}), ("full_direct", {"conv_algorithm": "direct"}),
                              ("raw", {"postprocess": "none"}))}
+    onnx.update(_int8_exports(onnx["full_direct"], work, b))
     ref = str(work / "reference.npz")
     configs = [
         ("spinenet ONNX Runtime fp32", "forward", {"backend": "onnxruntime", "model": str(onnx["raw"])}),
@@ -162,6 +182,12 @@ def main() -> int:
           "compile": True}),
         ("spinenet torch.compile fp32, inference rewrites", "forward + postprocess",
          {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "direct", "compile": True}),
+        ("spinenet OpenVINO int8, predictors fp32", "forward + postprocess",
+         {"backend": "openvino", "model": str(onnx["int8"]), "precision": "fp32", "label": "int8"}),
+        ("spinenet OpenVINO int8, every conv", "forward + postprocess",
+         {"backend": "openvino", "model": str(onnx["int8_all"]), "precision": "fp32", "label": "int8"}),
+        ("spinenet ONNX Runtime int8, every conv", "forward + postprocess",
+         {"backend": "onnxruntime", "model": str(onnx["int8_all"]), "label": "int8"}),
     ]
     results: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
     for round_ in range(args.rounds):  # round-robin, so a drift of the machine's speed hits every row alike
@@ -173,7 +199,7 @@ def main() -> int:
         print(f"round {round_ + 1}/{args.rounds}: " + ", ".join(
             f"{configs[i][0].removeprefix('spinenet ')} {configs[i][1]} {r[-1]['median_ms']:.0f} ms"
             for i, r in results.items() if r), flush=True)
-    rows = [(name, what, spec.get("precision", "fp32"),
+    rows = [(name, what, spec.get("label", spec.get("precision", "fp32")),
              {"median_ms": statistics.median(r["median_ms"] for r in results[i]),
               "round_medians_ms": [r["median_ms"] for r in results[i]],
               "peak_rss_mib": max(r["peak_rss_mib"] for r in results[i])})
@@ -188,6 +214,8 @@ def main() -> int:
     print(f"\nSpineNet-49S RetinaNet, 640x640, batch {b}, CPU ({platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads); TF: median of {args.runs} runs after 3 warm-ups; this project: median over "
           f"{args.rounds} rounds of the median of {args.runs} runs after 3 warm-ups, each in a fresh process")
+    print(f"CPU flags: {isa_flags()} (int8 rows: convolutions int8, the rest fp32, OpenVINO's "
+          "INFERENCE_PRECISION_HINT f32)")
     print(f"TF forward + postprocess: {tf_before['forward_postprocess']['median_ms']:.1f} ms before this "
           f"project's rows, {tf_after['forward_postprocess']['median_ms']:.1f} ms after; "
           f"mean {tf['forward_postprocess']:.1f}")
@@ -204,8 +232,16 @@ def main() -> int:
     best_ratio = best["median_ms"] / tf["forward_postprocess"]
     print(f"ratio ONNX Runtime fp32 / TF Model Garden, forward + postprocess: {ort_ratio:.2f} (target <= {ORT_TARGET})")
     print(f"ratio best fp32 backend ({best_name}) / TF Model Garden: {best_ratio:.2f} (target <= {BEST_TARGET})")
+    int8 = [(n, r) for n, w, prec, r in rows if w == "forward + postprocess" and prec == "int8"]
+    int8_ratio = None
+    if int8:
+        int8_name, int8_best = min(int8, key=lambda nr: nr[1]["median_ms"])
+        int8_ratio = int8_best["median_ms"] / best["median_ms"]
+        print(f"ratio best int8 ({int8_name}) / best fp32 ({best_name}): {int8_ratio:.2f} (target <= {INT8_TARGET}); "
+              f"/ TF Model Garden: {int8_best['median_ms'] / tf['forward_postprocess']:.2f}")
     summary = {"batch": b, "tf": tf, "tf_before": tf_before, "tf_after": tf_after, "rows": rows,
-               "ort_ratio": ort_ratio, "best": best_name, "best_ratio": best_ratio, "threads": args.threads}
+               "ort_ratio": ort_ratio, "best": best_name, "best_ratio": best_ratio, "threads": args.threads,
+               "int8_ratio": int8_ratio, "isa": isa_flags()}
     (work / f"results_b{b}.json").write_text(json.dumps(summary, indent=1))
     return 0 if ort_ratio <= ORT_TARGET else 1
 
