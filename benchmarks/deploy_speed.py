@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def _run_row(spec: dict, runs: int, threads: int) -> dict:
 
 
 def _int8_exports(fp32_direct: Path, work: Path, batch: int) -> dict[str, Path]:
-    """The int8 exports of the direct-convolution graph: default float groups ("int8") and none ("int8_all"),
+    """The int8 exports of the direct-convolution graph: every convolution int8 (the default, "int8") and the
+    predictors float ("int8_predictors_fp32"),
     calibrated on 16 synthetic 640x640 images (timing does not depend on the calibration's values)."""
     from spinenet.data.synthetic import make_synthetic_dataset
     from spinenet.deploy.quantize import calibration_images, quantize_int8
@@ -108,8 +110,9 @@ def _int8_exports(fp32_direct: Path, work: Path, batch: int) -> dict[str, Path]:
     if not (calib / "annotations" / "instances_train.json").exists():
         make_synthetic_dataset(calib, num_train=16, num_val=0, image_size=640, seed=1, overwrite=True, progress=False)
     images = calibration_images(calib / "annotations" / "instances_train.json", calib / "train", (640, 640), 16)
-    return {"int8": quantize_int8(fp32_direct, work / f"int8_b{batch}.onnx", images),
-            "int8_all": quantize_int8(fp32_direct, work / f"int8_all_b{batch}.onnx", images, float_groups=())}
+    return {"int8": quantize_int8(fp32_direct, work / f"int8_b{batch}.onnx", images, float_groups=()),
+            "int8_predictors_fp32": quantize_int8(fp32_direct, work / f"int8_pred_b{batch}.onnx", images,
+                                                  float_groups=("predictors",))}
 
 
 def _tf_timing(args, work: Path, tag: str) -> dict:
@@ -132,6 +135,9 @@ def main() -> int:
                         "the median of its round medians")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch", type=int, default=1, help="batch size of every row (default 1)")
+    p.add_argument("--rows", default=None,
+                   help="a regular expression: only this project's rows whose name matches (e.g. 'ONNX Runtime|"
+                        "OpenVINO' to leave out the PyTorch ones on a busy machine)")
     p.add_argument("--reuse", action="store_true", help="reuse the TF recording and timings in --workdir")
     p.add_argument("--_row", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -182,13 +188,17 @@ def main() -> int:
           "compile": True}),
         ("spinenet torch.compile fp32, inference rewrites", "forward + postprocess",
          {"backend": "torch", "model": str(work / "model.pt"), "conv_algorithm": "direct", "compile": True}),
-        ("spinenet OpenVINO int8, predictors fp32", "forward + postprocess",
+        ("spinenet OpenVINO int8", "forward + postprocess",
          {"backend": "openvino", "model": str(onnx["int8"]), "precision": "fp32", "label": "int8"}),
-        ("spinenet OpenVINO int8, every conv", "forward + postprocess",
-         {"backend": "openvino", "model": str(onnx["int8_all"]), "precision": "fp32", "label": "int8"}),
-        ("spinenet ONNX Runtime int8, every conv", "forward + postprocess",
-         {"backend": "onnxruntime", "model": str(onnx["int8_all"]), "label": "int8"}),
+        ("spinenet OpenVINO int8, predictors fp32", "forward + postprocess",
+         {"backend": "openvino", "model": str(onnx["int8_predictors_fp32"]), "precision": "fp32", "label": "int8"}),
+        ("spinenet OpenVINO int8, the rest bf16", "forward + postprocess",
+         {"backend": "openvino", "model": str(onnx["int8"]), "precision": "bf16", "label": "i8+bf"}),
+        ("spinenet ONNX Runtime int8", "forward + postprocess",
+         {"backend": "onnxruntime", "model": str(onnx["int8"]), "label": "int8"}),
     ]
+    if args.rows:
+        configs = [c for c in configs if re.search(args.rows, c[0].removeprefix("spinenet "))]
     results: dict[int, list[dict]] = {i: [] for i in range(len(configs))}
     for round_ in range(args.rounds):  # round-robin, so a drift of the machine's speed hits every row alike
         for i, (name, _, spec) in enumerate(configs):
@@ -214,8 +224,8 @@ def main() -> int:
     print(f"\nSpineNet-49S RetinaNet, 640x640, batch {b}, CPU ({platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} threads); TF: median of {args.runs} runs after 3 warm-ups; this project: median over "
           f"{args.rounds} rounds of the median of {args.runs} runs after 3 warm-ups, each in a fresh process")
-    print(f"CPU flags: {isa_flags()} (int8 rows: convolutions int8, the rest fp32, OpenVINO's "
-          "INFERENCE_PRECISION_HINT f32)")
+    print(f"CPU flags: {isa_flags()}; int8 rows: convolutions int8, the rest fp32 (OpenVINO's "
+          "INFERENCE_PRECISION_HINT f32); i8+bf: the rest bf16")
     print(f"TF forward + postprocess: {tf_before['forward_postprocess']['median_ms']:.1f} ms before this "
           f"project's rows, {tf_after['forward_postprocess']['median_ms']:.1f} ms after; "
           f"mean {tf['forward_postprocess']:.1f}")
@@ -226,7 +236,8 @@ def main() -> int:
         print(f"{name:{width}}  {what:22}  {prec:5}  {r['median_ms']:9.1f}  {1000 * b / r['median_ms']:6.2f}  "
               f"{ratio:5.2f}  {rss:>8}")
     by_name = {name: r for name, what, _, r in rows if what == "forward + postprocess"}
-    ort_ratio = by_name["spinenet ONNX Runtime fp32"]["median_ms"] / tf["forward_postprocess"]
+    ort = by_name.get("spinenet ONNX Runtime fp32")
+    ort_ratio = ort["median_ms"] / tf["forward_postprocess"] if ort else float("nan")
     best_name, best = min(((n, r) for n, w, prec, r in rows if w == "forward + postprocess" and prec == "fp32"),
                           key=lambda nr: nr[1]["median_ms"])
     best_ratio = best["median_ms"] / tf["forward_postprocess"]

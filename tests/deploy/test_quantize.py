@@ -34,7 +34,7 @@ def demo_exports(tmp_path_factory):
     fp32 = export_onnx(model, work / "fp32.onnx", image_size=(SIZE, SIZE), conv_algorithm="direct")
     calib = calibration_images(work / "calib" / "annotations" / "instances_train.json", work / "calib" / "train",
                                (SIZE, SIZE), 8)
-    int8 = quantize_int8(fp32, work / "int8.onnx", calib)
+    int8 = quantize_int8(fp32, work / "int8.onnx", calib, float_groups=["predictors"])  # checks the float path
     held = calibration_images(work / "held" / "annotations" / "instances_train.json", work / "held" / "train",
                               (SIZE, SIZE), 4)
     return {"fp32": fp32, "int8": int8, "held": held, "work": work}
@@ -76,6 +76,7 @@ def test_int8_export_records_its_recipe(demo_exports):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["spinenet.quantize"] == "int8" and meta["spinenet.quantize.float_groups"] == "predictors"
     assert meta["spinenet.quantize.int8_convs"] == "153/163"  # 163 convolutions, 10 predictors (2 x 5 levels)
+    assert meta["spinenet.quantize.calibration_images"] == "8"
     assert meta["spinenet.input_type"] == "image_tensor"  # the fp32 export's own metadata is kept
     # int8 weights for the quantized convolutions, none for the predictors, and no Q after any Conv
     producer = {o: n for n in proto.graph.node for o in n.output}
@@ -137,7 +138,7 @@ def test_accuracy_control_backs_off_most_sensitive_first(tmp_path, monkeypatch):
     monkeypatch.setattr(onnx, "save", lambda proto, path: Path(path).write_text(Path(tmp_path / "out.onnx")
                                                                                 .read_text()))
     result = quantize_search.quantize_within_ap_drop(tmp_path / "fp32.onnx", tmp_path / "out.onnx", [], "a.json",
-                                                     "img", 0.0055, log=lambda s: None)
+                                                     "img", 0.0055, start_float=["predictors"], log=lambda s: None)
     # start: predictors float (drop 0.035); then blocks.1 (0.015 left), head.class (0.005): within bound
     assert result["float_groups"] == ["predictors", "backbone.blocks.1", "head.class"]
     assert result["drop"] == pytest.approx(0.005)
@@ -174,3 +175,35 @@ def test_calibration_data_without_images_is_one_clear_error(tmp_path):
                                        '"annotations": [], "categories": [{"id": 1, "name": "a"}]}')
     with pytest.raises(ValueError, match=r"--calibration_data .*ann\.json.*no readable image"):
         calibration_images(tmp_path / "ann.json", tmp_path, (SIZE, SIZE), 4)
+
+
+@pytest.mark.slow
+def test_benchmark_labels_int8_rows_with_the_isa(demo_exports):
+    from spinenet.deploy.benchmark import run_benchmark
+
+    rows = run_benchmark([str(demo_exports["fp32"]), str(demo_exports["int8"])], ["openvino"], [1], warmup=1,
+                         runs=1, threads=1)
+    assert [r["precision"] for r in rows] == ["fp32", "int8+fp32"]
+    assert all(r["isa"] and r["postprocess"] for r in rows)
+
+
+@pytest.mark.slow
+def test_export_cli_quantizes_and_leaves_no_fp32_file(demo_exports, monkeypatch, capsys):
+    """`spinenet export --quantize int8` end to end, with the fp32 export step replaced by a copy of the fixture's
+    (the same graph; the export itself is tested elsewhere)."""
+    import shutil
+
+    from spinenet.cli import main
+    from spinenet.deploy import export
+
+    work = demo_exports["work"]
+    monkeypatch.setattr(export, "export_onnx", lambda model, path, **kw: shutil.copy(demo_exports["fp32"], path))
+    out = work / "cli"
+    code = main(["export", "--checkpoint", str(DEMO), "--output", str(out), "--input_image_size", "128",
+                 "--quantize", "int8", "--calibration_images", "4", "--calibration_data",
+                 str(work / "calib" / "annotations" / "instances_train.json"), str(work / "calib" / "train")])
+    assert code == 0
+    assert [p.name for p in out.iterdir()] == ["retinanet_spinenet49s_int8.onnx"]  # no temporary fp32 file left
+    meta = {p.key: p.value for p in onnx.load(out / "retinanet_spinenet49s_int8.onnx").metadata_props}
+    assert meta["spinenet.quantize.float_groups"] == "none" and meta["spinenet.quantize.calibration_images"] == "4"
+    assert "int8: " in capsys.readouterr().out

@@ -8,13 +8,12 @@ convolution as an int8 one (its low-precision transformations); ONNX Runtime run
 
 What is quantized is each convolution's *input and weights*, not its output (the placement NNCF uses for
 OpenVINO): the convolution accumulates in int32 and its result stays float through BatchNorm, swish, the
-residual sums and resampling until the next convolution quantizes it. Quantizing the outputs too cost AP 0.02
-more on the demo detector (benchmarks/RESULTS.md, issue 17). The pre-processing, box decoding and NMS hold no
-convolution and so stay float by construction. Of the convolutions, the layer groups of :func:`layer_groups`
-(the first convolution, each backbone block, the two head subnets, the predictors) can be kept in float;
-:data:`DEFAULT_FLOAT_GROUPS` is the measured default, and
-:func:`spinenet.deploy.quantize_search.quantize_within_ap_drop`
-backs groups off until an AP bound holds.
+residual sums and resampling until the next convolution quantizes it. Quantizing the outputs too cost AP 0.025
+more on the demo detector (-0.0316 against -0.0063; benchmarks/RESULTS.md, issue 17). The pre-processing, box
+decoding and NMS hold no convolution and so stay float by construction. Of the convolutions, the layer groups
+of :func:`layer_groups` (the first convolution, each backbone block, the head subnets, the predictors) can be
+kept in float; :data:`DEFAULT_FLOAT_GROUPS` is the measured default, and
+:func:`spinenet.deploy.quantize_search.quantize_within_ap_drop` backs groups off until an AP bound holds.
 
 The graph quantized is the one with direct convolutions: a Winograd export computes its large 3x3 convolutions
 as tile transforms and MatMuls, which are not convolutions to quantize (``spinenet export --quantize`` builds
@@ -39,10 +38,11 @@ from spinenet.io_checks import current_umask
 
 QUANTIZED_OP_TYPES = ("Conv",)
 # Measured on the demo detector, held-out synthetic set, OpenVINO (benchmarks/RESULTS.md, issue 17): every
-# convolution int8, AP -0.0089 (worst class -0.019); with the predictors float, -0.0063 (-0.015); the first
-# convolution float as well gains nothing (-0.0090 with it alone float). So the predictors (whose outputs, logits
-# and box offsets, decoding reads directly) stay float by default, the first convolution does not.
-DEFAULT_FLOAT_GROUPS = ("predictors",)
+# convolution int8, AP -0.0063 (worst class -0.0148), within issue 17's bounds (0.01, per class 0.03); with the
+# predictors float, -0.0065 (-0.0133): no gain, while float predictors cost SpineNet-49S with COCO's 90 classes
+# ~30 % of the int8 time at 640x640 (its class predictor is its largest convolution). So by default every
+# convolution is int8; --int8_float and --max_ap_drop keep groups float where a model needs it.
+DEFAULT_FLOAT_GROUPS: tuple[str, ...] = ()
 DEFAULT_CALIBRATION_IMAGES = 64
 _PREDICT = re.compile(r"/model/head/(class|box)_net/predict")
 _BLOCK = re.compile(r"/model/backbone/((?:stem_)?blocks\.\d+)/")
@@ -110,10 +110,10 @@ def fold_shared_batchnorm(proto: onnx.ModelProto) -> int:
     count. The head's 3x3 convolutions are shared across levels with a BatchNorm per level, which the float
     export keeps apart; folded, each level's Conv gets its own weights (the head's ~0.6M parameters per level).
 
-    Why before quantizing: quantizing a Conv's output *before* its BatchNorm quantizes the raw sums per tensor,
-    whose channels have ranges far apart that the BN then rescales to one scale, magnifying the rounding of the
-    narrow ones (measured on the demo detector: all convolutions int8, AP -0.049 with the BN apart, see
-    benchmarks/RESULTS.md issue 17). Folded, every quantized Conv output is a normalised one.
+    Why before quantizing: the per-level BN is float work between int8 convolutions that the fold removes, and a
+    quantized Conv output *before* its BatchNorm would be the raw sums per tensor, whose channels have ranges far
+    apart that the BN then rescales, magnifying the rounding of the narrow ones (measured on the demo detector
+    with outputs quantized: AP -0.054 with the BNs apart, -0.032 folded; benchmarks/RESULTS.md, issue 17).
     """
     from onnx import numpy_helper
 

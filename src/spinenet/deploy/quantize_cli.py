@@ -27,10 +27,10 @@ def add_quantize_flags(p: argparse.ArgumentParser) -> None:
                         "--calibration_images images (by id), letterboxed as `spinenet image2bin` does")
     p.add_argument("--calibration_images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
                    help=f"number of calibration images (default {DEFAULT_CALIBRATION_IMAGES})")
-    p.add_argument("--int8_float", default=",".join(DEFAULT_FLOAT_GROUPS),
+    p.add_argument("--int8_float", default=",".join(DEFAULT_FLOAT_GROUPS) or "none",
                    help="comma-separated layer groups kept in float: stem, backbone (or backbone.blocks.N ...), "
                         "head (head.class, head.box), predictors, or none "
-                        f"(default {','.join(DEFAULT_FLOAT_GROUPS)}: measured, see spinenet.deploy.quantize)")
+                        f"(default {','.join(DEFAULT_FLOAT_GROUPS) or 'none'}: measured, see spinenet.deploy.quantize)")
     p.add_argument("--max_ap_drop", type=float, default=None,
                    help="with --quantize: keep more layer groups float, most sensitive first, until the COCO AP "
                         "on --validation_data is at most this much below the fp32 export's (e.g. 0.01)")
