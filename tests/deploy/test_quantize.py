@@ -118,7 +118,7 @@ def test_accuracy_control_backs_off_most_sensitive_first(tmp_path, monkeypatch):
             "predictors": 0.002}
     calls = []
 
-    def fake_quantize(fp32, out, images, float_groups=(), metadata=None):
+    def fake_quantize(fp32, out, images, float_groups=(), metadata=None, calibration_cache=None):
         calls.append(list(float_groups))
         Path(out).write_text(",".join(float_groups))
         return Path(out)

@@ -211,10 +211,14 @@ def _batches(images: Sequence[np.ndarray], batch: int) -> list[np.ndarray]:
 
 
 def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, images: Sequence[np.ndarray], *,
-                  float_groups: Sequence[str] = DEFAULT_FLOAT_GROUPS, metadata: dict[str, str] | None = None) -> Path:
+                  float_groups: Sequence[str] = DEFAULT_FLOAT_GROUPS, metadata: dict[str, str] | None = None,
+                  calibration_cache: str | os.PathLike | None = None) -> Path:
     """Quantize the export at ``fp32_path`` with ``images`` ((H, W, 3) uint8, letterboxed to its size) as
     calibration data; the groups in ``float_groups`` (:func:`layer_groups` names or prefixes) stay float.
     Writes ``output`` atomically, with the recipe in its metadata_props; returns its path.
+
+    ``calibration_cache``: ONNX Runtime's file of activation ranges; written by the first call, read by later
+    ones (which must keep a superset of the first call's groups float), so re-quantizing skips calibrating.
     """
     import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -257,7 +261,8 @@ def quantize_int8(fp32_path: str | os.PathLike, output: str | os.PathLike, image
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded, calibrate_method=CalibrationMethod.MinMax,
                             extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                                           "OpTypesToExcludeOutputQuantization": ["Conv"]})
+                                           "OpTypesToExcludeOutputQuantization": ["Conv"]},
+                            calibration_cache_path=calibration_cache)
         finally:
             logging.getLogger().setLevel(quiet)
         q = onnx.load(tmp)

@@ -39,10 +39,12 @@ def quantize_within_ap_drop(fp32_path: str | os.PathLike, output: str | os.PathL
     log(f"fp32 export: AP {fp32_ap:.4f} on {annotations} ({backend})")
     groups = list(layer_groups(onnx.load(fp32_path, load_external_data=False)))
     evaluations = 1
+    cache = output.with_name(f".{output.stem}.calibration.json")  # ranges measured once, by the first call
+    cache.unlink(missing_ok=True)
 
     def quantized_ap(float_groups: list[str], path: Path) -> float:
         nonlocal evaluations
-        quantize_int8(fp32_path, path, images, float_groups=float_groups)
+        quantize_int8(fp32_path, path, images, float_groups=float_groups, calibration_cache=cache)
         evaluations += 1
         return evaluate_onnx(path, annotations, images_dir, backend=backend, threads=threads)["AP"]
 
@@ -66,6 +68,8 @@ def quantize_within_ap_drop(fp32_path: str | os.PathLike, output: str | os.PathL
             os.replace(trial, output)  # the last trial is the chosen one
         finally:
             trial.unlink(missing_ok=True)
+            cache.unlink(missing_ok=True)
+    cache.unlink(missing_ok=True)
     result = {"fp32_ap": fp32_ap, "int8_ap": ap, "drop": fp32_ap - ap, "float_groups": float_groups,
               "evaluations": evaluations}
     proto = onnx.load(output)
