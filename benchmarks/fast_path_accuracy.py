@@ -43,6 +43,7 @@ PATHS = [
     ("OpenVINO, direct convolutions", "openvino", "bf16", {"conv_algorithm": "direct"}),
     ("OpenVINO, int8 (every conv; the rest fp32)", "openvino", "int8", {"quantize": ()}),
     ("OpenVINO, int8 (predictors fp32)", "openvino", "int8", {"quantize": ("predictors",)}),
+    ("OpenVINO, int8 (every conv; the rest bf16)", "openvino", "int8", {"quantize": (), "float_precision": "bf16"}),
     ("ONNX Runtime, int8 (every conv)", "onnxruntime", "int8", {"quantize": ()}),
     ("PyTorch eager (the checkpoint)", "torch", "fp32", None),
 ]
@@ -98,7 +99,9 @@ def main() -> int:
         infer = ["infer", "--model", str(model_file), "--input", str(work / "bins"), "--output", str(run / "out"),
                  "--backend", backend, "--threads", str(args.threads), "--quiet"]
         if backend == "openvino":
-            infer += ["--precision", "fp32" if precision == "int8" else precision]
+            # int8 exports: the convolutions int8, the rest at the stated precision (fp32 unless the path says)
+            rest = (export or {}).get("float_precision", "fp32")
+            infer += ["--precision", rest if precision == "int8" else precision]
         _quiet(cli, infer)
         out = next(d for d in sorted((run / "out").iterdir()) if d.is_dir())
         html = run / "report.html"
