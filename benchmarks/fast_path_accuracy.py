@@ -103,7 +103,7 @@ def main() -> int:
             rest = (export or {}).get("float_precision", "fp32")
             infer += ["--precision", rest if precision == "int8" else precision]
         _quiet(cli, infer)
-        out = next(d for d in sorted((run / "out").iterdir()) if d.is_dir())
+        out = sorted(d for d in (run / "out").iterdir() if d.is_dir())[-1]  # this run's (a reused --workdir has older)
         html = run / "report.html"
         _quiet(cli, ["report", "--output", str(out), "--label_map_file", str(data / "labels.csv"), "--output_html",
                      str(html), "--image_file_pattern", str(data / "val" / "*.jpg"), "--manifest",

@@ -9,7 +9,7 @@ convolution as an int8 one (its low-precision transformations); ONNX Runtime run
 What is quantized is each convolution's *input and weights*, not its output (the placement NNCF uses for
 OpenVINO): the convolution accumulates in int32 and its result stays float through BatchNorm, swish, the
 residual sums and resampling until the next convolution quantizes it. Quantizing the outputs too cost AP 0.025
-more on the demo detector (-0.0316 against -0.0063; benchmarks/RESULTS.md, issue 17). The pre-processing, box
+more on the demo detector (-0.0316 against -0.0089; benchmarks/RESULTS.md, issue 17). The pre-processing, box
 decoding and NMS hold no convolution and so stay float by construction. Of the convolutions, the layer groups
 of :func:`layer_groups` (the first convolution, each backbone block, the head subnets, the predictors) can be
 kept in float; :data:`DEFAULT_FLOAT_GROUPS` is the measured default, and
@@ -37,11 +37,12 @@ import onnx
 from spinenet.io_checks import current_umask
 
 QUANTIZED_OP_TYPES = ("Conv",)
-# Measured on the demo detector, held-out synthetic set, OpenVINO (benchmarks/RESULTS.md, issue 17): every
-# convolution int8, AP -0.0063 (worst class -0.0148), within issue 17's bounds (0.01, per class 0.03); with the
-# predictors float, -0.0065 (-0.0133): no gain, while float predictors cost SpineNet-49S with COCO's 90 classes
-# ~30 % of the int8 time at 640x640 (its class predictor is its largest convolution). So by default every
-# convolution is int8; --int8_float and --max_ap_drop keep groups float where a model needs it.
+# Measured on the demo detector, 200 held-out synthetic images, OpenVINO (benchmarks/RESULTS.md, issue 17): every
+# convolution int8, AP -0.0089 (worst class -0.019), within issue 17's bounds (0.01, per class 0.03); with the
+# predictors float, -0.0063 (-0.015). Float predictors cost SpineNet-49S with COCO's 90 classes 1.5x the int8 time
+# at 640x640 (913 -> 1372 ms in one deploy_speed run: its class predictor is its largest convolution), so by
+# default every convolution is int8; --int8_float predictors or --max_ap_drop keep groups float where a model
+# needs the accuracy.
 DEFAULT_FLOAT_GROUPS: tuple[str, ...] = ()
 DEFAULT_CALIBRATION_IMAGES = 64
 _PREDICT = re.compile(r"/model/head/(class|box)_net/predict")
