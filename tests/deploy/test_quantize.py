@@ -151,7 +151,8 @@ def test_accuracy_control_backs_off_most_sensitive_first(tmp_path, monkeypatch):
 
 def _export_args(**kw) -> argparse.Namespace:
     base = dict(quantize="int8", calibration_data=["a.json", "img"], calibration_images=64, max_ap_drop=None,
-                validation_data=None, target="onnxruntime", conv_algorithm=None, keep_dtype=None, postprocess="v1")
+                validation_data=None, target="onnxruntime", conv_algorithm=None, keep_dtype=None, postprocess="v1",
+                int8_float="none")
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -162,6 +163,7 @@ def _export_args(**kw) -> argparse.Namespace:
     ({"calibration_images": 0}, "must be >= 1"),
     ({"max_ap_drop": 0.01, "postprocess": "none"}, "needs --postprocess v1"),
     ({"quantize": None, "calibration_data": ["a", "b"]}, "applies to --quantize int8 only"),
+    ({"int8_float": "stem,neck"}, "group 'neck' is unknown"),
 ])
 def test_export_refuses_bad_quantize_flags(kw, message):
     from spinenet.deploy.quantize_cli import check_quantize_request

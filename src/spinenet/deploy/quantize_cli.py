@@ -61,6 +61,11 @@ def check_quantize_request(args: argparse.Namespace) -> None:
         raise ValueError(f"--calibration_images must be >= 1, got {args.calibration_images}")
     if args.max_ap_drop is not None and args.postprocess == "none":
         raise ValueError("--max_ap_drop measures AP, which needs --postprocess v1")
+    for group in float_groups(getattr(args, "int8_float", "none")):  # the graph's own names are checked later
+        if group.split(".")[0] not in ("stem", "backbone", "head", "predictors"):
+            raise ValueError(f"--int8_float group {group!r} is unknown; valid: stem, backbone (or backbone.blocks.N, "
+                             "backbone.stem_blocks.N, backbone.reductions, backbone.endpoints), head (head.class, "
+                             "head.box), predictors, or none")
 
 
 def float_groups(text: str) -> list[str]:
