@@ -38,6 +38,20 @@ def lscpu_fields() -> dict[str, str]:
     return fields
 
 
+# The CPU features that decide which int8 and bf16 kernels a runtime picks (oneDNN's dispatch in both OpenVINO
+# and ONNX Runtime's MLAS): AMX tiles, AVX-512 VNNI (vpdpbusd), AVX-VNNI (its 256-bit VEX form), AVX-512 BF16,
+# and AVX2 (int8 via vpmaddubsw, whose 16-bit saturation ONNX Runtime works around with reduce_range).
+ISA_FLAGS = ("amx_int8", "amx_bf16", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512f", "avx2")
+
+
+def isa_flags(flags: str | None = None) -> str:
+    """The :data:`ISA_FLAGS` this CPU has (lscpu's flag names, most capable first), e.g. "avx512_vnni avx512_bf16
+    avx512f avx2"; "unknown" without lscpu. Printed in every benchmark row that depends on them."""
+    have = set((lscpu_fields().get("Flags", "") if flags is None else flags).split())
+    found = [f for f in ISA_FLAGS if f in have]
+    return " ".join(found) if found else ("unknown" if not have else "none of " + "/".join(ISA_FLAGS))
+
+
 def _machine() -> str:
     import torch
 
@@ -97,9 +111,41 @@ def _torch_runner(checkpoint: str, batch: int, postprocess: str, precision: str,
     return run, size
 
 
-def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], precision: str = "fp32",
+def run_benchmark(model: str | list[str], backends: list[str], batch_sizes: list[int], precision: str = "fp32",
                   device: str = "cpu", warmup: int = 3, runs: int = 10, threads: int | None = None,
                   output: str | None = None) -> list[dict]:
+    """Time each of ``model`` (a path, a comma-separated list or a list: checkpoints and exports, e.g. an fp32 and
+    an int8 export side by side) per backend and batch size; prints one table, returns the rows.
+
+    An int8 export (``spinenet export --quantize int8``) is labelled ``int8+<precision>``: its convolutions run
+    int8 and the rest at ``precision`` (OpenVINO's precision hint, stated because its CPU default is bf16 where
+    the CPU has bf16 units). Every row carries the CPU's int8/bf16 instruction sets (:func:`isa_flags`).
+    """
+    models = [m.strip() for m in model.split(",") if m.strip()] if isinstance(model, str) else list(model)
+    rows = []
+    for m in models:
+        rows += _benchmark_model(m, backends, batch_sizes, precision, device, warmup, runs, threads)
+    isa = isa_flags() if device == "cpu" else device
+    for r in rows:
+        r["isa"] = isa
+    machine = _machine()
+    print(f"{', '.join(Path(m).name for m in models)} on {machine} ({device}, ISA {isa}); median (p90) over {runs} "
+          f"runs after {warmup}")
+    width = max(12, *(len(r["model"]) for r in rows)) if rows else 12
+    print(f"{'model':{width}s} {'backend':12s} {'precision':11s} {'batch':>5s} {'postproc':>8s} {'ms/batch':>10s} "
+          f"{'p90':>8s} {'ms/img':>8s} {'img/s':>8s}  ISA")
+    for r in rows:
+        print(f"{r['model']:{width}s} {r['backend']:12s} {r['precision']:11s} {r['batch']:5d} "
+              f"{str(r['postprocess']):>8s} {r['ms_per_batch']:10.1f} {r['ms_per_batch_p90']:8.1f} "
+              f"{r['ms_per_image']:8.1f} {r['images_per_s']:8.2f}  {r['isa']}")
+    if output:
+        write_text_atomic(output, json.dumps({"model": model, "machine": machine, "rows": rows}, indent=1))
+        print(f"results: {output}")
+    return rows
+
+
+def _benchmark_model(model: str, backends: list[str], batch_sizes: list[int], precision: str, device: str,
+                     warmup: int, runs: int, threads: int | None) -> list[dict]:
     from spinenet.deploy.runtimes import open_session
 
     is_onnx = Path(model).suffix == ".onnx"
@@ -108,6 +154,7 @@ def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], preci
         for backend in backends:
             for batch in batch_sizes:
                 for post in ("v1", "none"):
+                    label = precision
                     if backend == "torch":
                         if is_onnx:
                             raise ValueError("--backends torch needs a spinenet checkpoint (.pt), not an .onnx")
@@ -130,22 +177,17 @@ def run_benchmark(model: str, backends: list[str], batch_sizes: list[int], preci
                             path = export_onnx(m, Path(tmp) / f"b{batch}_{post}.onnx", batch_size=batch,
                                                image_size=size, postprocess=post)
                         sess = open_session(path, backend, device, threads, precision)
+                        if sess.metadata.get("spinenet.quantize") == "int8":
+                            label = f"int8+{precision if backend == 'openvino' else 'fp32'}"
+                        post = "v1" if "DetectionBoxes" in sess.output_names else "none"
                         x = np.random.default_rng(0).integers(0, 256, sess.input_shape, dtype=np.uint8)
                         run = functools.partial(sess.run, x)
                         batch, size = sess.input_shape[0], sess.input_shape[1:3]
                     times = sorted(time_ms(run, warmup, runs))
                     med, p90 = statistics.median(times), times[min(len(times) - 1, int(0.9 * len(times)))]
-                    rows.append({"backend": backend, "batch": batch, "postprocess": post != "none",
-                                 "input": list(size), "precision": precision, "device": device,
-                                 "ms_per_batch": med, "ms_per_batch_p90": p90, "ms_per_image": med / batch,
-                                 "images_per_s": 1000 * batch / med, "runs": runs, "warmup": warmup})
-    machine = _machine()
-    print(f"{Path(model).name} on {machine} ({device}, {precision}); median (p90) over {runs} runs after {warmup}")
-    print(f"{'backend':12s} {'batch':>5s} {'postproc':>8s} {'ms/batch':>10s} {'p90':>8s} {'ms/img':>8s} {'img/s':>8s}")
-    for r in rows:
-        print(f"{r['backend']:12s} {r['batch']:5d} {str(r['postprocess']):>8s} {r['ms_per_batch']:10.1f} "
-              f"{r['ms_per_batch_p90']:8.1f} {r['ms_per_image']:8.1f} {r['images_per_s']:8.2f}")
-    if output:
-        write_text_atomic(output, json.dumps({"model": model, "machine": machine, "rows": rows}, indent=1))
-        print(f"results: {output}")
+                    rows.append({"model": Path(model).name, "backend": backend, "batch": batch,
+                                 "postprocess": post != "none", "input": list(size), "precision": label,
+                                 "device": device, "ms_per_batch": med, "ms_per_batch_p90": p90,
+                                 "ms_per_image": med / batch, "images_per_s": 1000 * batch / med, "runs": runs,
+                                 "warmup": warmup})
     return rows

@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 
 from spinenet.deploy.msame_flags import add_msame_flags, msame_options
+from spinenet.deploy.quantize_cli import QUANTIZE_EPILOG, add_quantize_flags
 
 EXPORT_EPILOG = """\
 examples:
@@ -32,7 +33,8 @@ def add_export_parser(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX (the seed's freeze_graph step)",
                        description="Export a spinenet checkpoint to a static ONNX graph with the seed's "
                                    "input (Placeholder) and five outputs, for ONNX Runtime and Huawei ATC.",
-                       epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EXPORT_EPILOG + "\n" + QUANTIZE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", "--checkpointpath", dest="checkpoint", required=True,
                    help="spinenet checkpoint (.pt) from `spinenet convert` or `spinenet train`")
     p.add_argument("--output", required=True,
@@ -70,6 +72,7 @@ def add_export_parser(sub) -> None:
                         "top-k) to keep in fp32 when ATC compiles the rest in fp16 (its default "
                         "--precision_mode=force_fp16); then atc ... --keep_dtype=FILE. See spinenet.deploy.precision")
     p.add_argument("--model", default="retinanet", choices=["retinanet"], help="accepted for seed compatibility")
+    add_quantize_flags(p)
     p.set_defaults(func=run_export)
 
 
@@ -128,6 +131,12 @@ def run_export(args: argparse.Namespace) -> int:
     from spinenet.io_checks import ensure_writable_dir
 
     profile = export_profile(args.target, args.cann)  # bad --target/--cann combinations fail before the model loads
+    quantize = getattr(args, "quantize", None)
+    if quantize:
+        from spinenet.deploy.quantize_cli import check_quantize_request
+
+        check_quantize_request(args)
+        args.conv_algorithm = "direct"
     # Before the work: the folder of the .onnx must take a file (it is written there, then renamed).
     ensure_writable_dir(resolve_output_path(args.output, "model").parent, "--output folder")
     keep_dtype = getattr(args, "keep_dtype", None)
@@ -138,8 +147,14 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"loading {args.checkpoint}", flush=True)
     model, ckpt = load_for_export(args.checkpoint, args.config_file, args.params_override)
     variant = str(ckpt.get("variant") or "spinenet")
-    path = resolve_output_path(args.output, variant)
+    path = resolve_output_path(args.output, variant + ("_int8" if quantize else ""))
     h, w = args.input_image_size
+    calibration = None
+    if quantize:  # the images are read before the export, so bad --calibration_data fails fast
+        from spinenet.deploy.quantize import calibration_images
+
+        calibration = calibration_images(*args.calibration_data, (h, w), args.calibration_images)
+        print(f"calibration: {len(calibration)} images of {args.calibration_data[0]}", flush=True)
     trained = trained_image_size(ckpt)
     if trained is not None and trained != (h, w):
         print(f"warning: --input_image_size {h},{w} differs from the size {args.checkpoint} was trained at "
@@ -154,16 +169,31 @@ def run_export(args: argparse.Namespace) -> int:
     print(f"building and exporting {variant} at {h}x{w}, batch {args.batch_size}, then checking the graph "
           "(ONNX checker, shape inference, static shapes)", flush=True)
     start = time.perf_counter()
+    final, path = path, (path.with_name(f".{path.stem}.fp32.onnx") if quantize else path)
     with _heartbeat("still exporting"):
         export_onnx(model, path, batch_size=args.batch_size, image_size=args.input_image_size, opset=args.opset,
                     input_type=args.input_type, postprocess=args.postprocess,
                     pre_nms_topk=args.pre_nms_topk or DEFAULT_PRE_NMS_TOPK, conv_algorithm=args.conv_algorithm,
                     metadata={"spinenet.variant": variant, "spinenet.checkpoint": Path(args.checkpoint).name},
                     target=args.target, cann=args.cann)
+    if quantize:
+        from spinenet.deploy.quantize_cli import quantize_after_export
+
+        try:
+            with _heartbeat("still quantizing"):
+                quantize_after_export(args, path, final, (h, w), calibration)
+        finally:
+            path.unlink(missing_ok=True)
+        path = final
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+        print("int8: " + "; ".join(f"{k.removeprefix('spinenet.quantize.')} {v}" for k, v in meta.items()
+                                   if k.startswith("spinenet.quantize.")), flush=True)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s): "
           f"{variant}, Placeholder {args.batch_size}x{h}x{w}x3 "
           f"{'uint8' if args.input_type == 'image_tensor' else 'float32'}, opset {args.opset}, "
-          f"postprocess {args.postprocess}, {conv_algorithm} convolutions, "
+          f"postprocess {args.postprocess}, {conv_algorithm} convolutions{', int8' if quantize else ''}, "
           f"{profile.describe if args.postprocess != 'none' else 'target ' + profile.target}")
     if keep_dtype is not None:
         from spinenet.deploy.precision import write_export_keep_dtype
@@ -301,7 +331,9 @@ def add_benchmark_parser(sub) -> None:
                        description="Time a model: ms/batch, ms/image and images/s (median, p90, after warm-up), with "
                                    "and without post-processing, per backend and batch size; states the machine "
                                    "and precision.")
-    p.add_argument("--model", required=True, help="spinenet checkpoint (.pt) or exported .onnx")
+    p.add_argument("--model", required=True,
+                   help="spinenet checkpoint (.pt) or exported .onnx; a comma list times several side by side "
+                        "(e.g. an fp32 and an int8 export)")
     p.add_argument("--backends", default="onnxruntime,torch", help="comma list of onnxruntime, openvino, torch")
     p.add_argument("--batch_sizes", default="1,8", help="comma list (a .onnx keeps its own batch size)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],

@@ -120,9 +120,11 @@ def run_inference(model: str | os.PathLike, input_path: str | os.PathLike, outpu
 def _write_summary(result: InferResult, model, backend, device, precision, session, outfmt, extra: dict) -> None:
     t = result.times_ms
     ordered = sorted(t)
+    precision = precision if backend == "openvino" else "fp32"
+    if getattr(session, "metadata", {}).get("spinenet.quantize") == "int8":  # convolutions int8, the rest so
+        precision = f"int8+{precision}"
     summary = {
-        "model": str(model), "backend": backend, "device": device,
-        "precision": precision if backend == "openvino" else "fp32",
+        "model": str(model), "backend": backend, "device": device, "precision": precision,
         "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} CPUs)".strip(),
         "input_shape": list(session.input_shape), "outputs": list(session.output_names), "outfmt": outfmt,
         "inputs": result.files, "skipped": [{"file": p, "reason": r} for p, r in result.skipped],

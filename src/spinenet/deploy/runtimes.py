@@ -129,6 +129,8 @@ class OpenVinoSession:
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None,
                  precision: str = "fp32"):
+        import onnx
+
         try:
             import openvino as ov
         except ImportError as e:
@@ -155,8 +157,13 @@ class OpenVinoSession:
         self.input_name = port.get_any_name()
         self.input_shape = tuple(port.get_shape())
         self.input_dtype = np.dtype(np.uint8 if port.get_element_type().to_dtype() == np.uint8 else np.float32)
-        self.output_names = [o.get_any_name() for o in self.compiled.outputs]
-        self.metadata = {}
+        # An output port can carry several tensor names (a quantized export's NumDetections is also
+        # "/ReduceSum_output_0"), of which get_any_name picks any: the graph's own output names are the ones.
+        graph = onnx.load(str(self.path), load_external_data=False)
+        declared = {o.name for o in graph.graph.output}
+        self.output_names = [next((n for n in sorted(o.get_names()) if n in declared), o.get_any_name())
+                             for o in self.compiled.outputs]
+        self.metadata = {p.key: p.value for p in graph.metadata_props}
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         images = np.asarray(images)
