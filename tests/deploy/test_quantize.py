@@ -4,6 +4,10 @@ metadata, the accuracy-aware back-off, and the refusals of the export's flags.""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,16 +52,39 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
+# The sessions run in a child process: OpenVINO 2026.4.1 running the int8 export inside the pytest process left its
+# heap corrupted (a segfault in CPython's code quickening minutes later, in an unrelated test; 3 runs of 3), which a
+# standalone script running the same sessions did not reproduce. Kept out of the test process until understood.
+CHILD = """
+import json, sys
+import numpy as np
+from spinenet.deploy.runtimes import open_session
+fp32_path, int8_path, backend, held_path = sys.argv[1:5]
+held = np.load(held_path)
+fp32, int8 = open_session(fp32_path, backend, threads=1), open_session(int8_path, backend, threads=1)
+keys = ("DetectionBoxes", "DetectionClasses", "DetectionScores")
+pairs = [[{k: r[k].tolist() for k in keys} for r in (fp32.run(im[None]), int8.run(im[None]))] for im in held]
+print(json.dumps(pairs))
+"""
+
+
+def _run_in_child(exports: dict, backend: str) -> list[tuple[dict, dict]]:
+    """(fp32 outputs, int8 outputs) per held-out image, computed by ``backend`` in a child process."""
+    held = exports["work"] / "held.npy"
+    np.save(held, np.stack(exports["held"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    r = subprocess.run([sys.executable, "-c", CHILD, str(exports["fp32"]), str(exports["int8"]), backend, str(held)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, f"{backend} child exited {r.returncode}: {r.stderr[-2000:]}"
+    return [({k: np.asarray(v) for k, v in a.items()}, {k: np.asarray(v) for k, v in b.items()})
+            for a, b in json.loads(r.stdout)]
+
+
 @pytest.mark.parametrize("backend", ["openvino", "onnxruntime"])
 def test_int8_detections_match_fp32(demo_exports, backend):
     """Every fp32 detection above 0.5 has an int8 one of its class with IoU >= 0.9, and the other way round."""
-    from spinenet.deploy.runtimes import open_session
-
-    fp32 = open_session(demo_exports["fp32"], backend, threads=1)
-    int8 = open_session(demo_exports["int8"], backend, threads=1)
     matched = 0
-    for image in demo_exports["held"]:
-        a, b = fp32.run(image[None]), int8.run(image[None])
+    for a, b in _run_in_child(demo_exports, backend):
         for ref, other in ((a, b), (b, a)):
             for box, cls, score in zip(ref["DetectionBoxes"][0], ref["DetectionClasses"][0],
                                        ref["DetectionScores"][0], strict=True):
