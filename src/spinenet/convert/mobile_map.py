@@ -38,9 +38,9 @@ from spinenet.convert.model_garden import (
     SUFFIX,
     ConversionError,
     _Assigner,
-    _group_variables,
     _layer_rank_key,
     map_head,
+    pair_backbone_layers,
 )
 from spinenet.convert.tf_checkpoint import TFCheckpointReader
 from spinenet.convert.tpu_layout import LayoutEntry, _Scopes, tf1_head_layout
@@ -196,32 +196,17 @@ def map_model_garden_mobile(reader: TFCheckpointReader, names: dict[str, str], m
     src = str(reader.prefix)
     a = _Assigner(model, src)
     reader = _Recording(reader)
-    by_type: dict[str, list[tuple[int, str, dict[str, str]]]] = defaultdict(list)
-    for layer, attrs in _group_variables(reader, BACKBONE).items():
-        tops = {names[k].split("/")[0] for k in attrs.values() if names.get(k)}
-        if len(tops) != 1:
-            raise ConversionError(f"{src}: can't tell which Keras layer {BACKBONE}{layer} is (names {sorted(tops)})")
-        kind, rank = _layer_rank_key(tops.pop())
-        by_type[kind].append((rank, layer, attrs))
-    ours: dict[str, list[nn.Module]] = defaultdict(list)
-    for kind, module in mobile_construction_order(model.backbone):
-        ours[kind].append(module)
-    theirs_n = {k: len(v) for k, v in sorted(by_type.items())}
-    ours_n = {k: len(v) for k, v in sorted(ours.items())}
-    if theirs_n != ours_n:
-        raise ConversionError(f"{src}: layer counts differ from SpineNet-Mobile-{model.backbone.model_id}: "
-                              f"checkpoint {theirs_n} vs model {ours_n}")
-    for kind, entries in by_type.items():
-        for (_, layer, attrs), module in zip(sorted(entries), ours[kind], strict=True):
-            where = f"{BACKBONE}{layer}"
-            if kind == MG_BLOCK:
-                _mbconv_mg(a, reader, attrs, module, where)
-            elif kind == "batch_normalization":
-                a.bn(module, {f: reader.get_tensor(attrs[f]) for f in BN_FIELDS if f in attrs}, where)
-            elif kind == "depthwise_conv2d":
-                a.depthwise(module, reader.get_tensor(attrs["depthwise_kernel"]), where)
-            else:
-                a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
+    for kind, layer, attrs, module in pair_backbone_layers(reader, names, mobile_construction_order(model.backbone),
+                                                            src, f"SpineNet-Mobile-{model.backbone.model_id}"):
+        where = f"{BACKBONE}{layer}"
+        if kind == MG_BLOCK:
+            _mbconv_mg(a, reader, attrs, module, where)
+        elif kind == "batch_normalization":
+            a.bn(module, {f: reader.get_tensor(attrs[f]) for f in BN_FIELDS if f in attrs}, where)
+        elif kind == "depthwise_conv2d":
+            a.depthwise(module, reader.get_tensor(attrs["depthwise_kernel"]), where)
+        else:
+            a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
     map_head(a, reader, model.head)
     unused = sorted(k for k in reader.keys() if k.startswith((BACKBONE, HEAD)) and k.endswith(SUFFIX)
                     and ".OPTIMIZER_SLOT/" not in k and k not in reader.read)  # optimizer slots: training state

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +214,35 @@ def _conv_name_in_block(names: dict[str, str], block: str, index: int) -> str:
     raise ConversionError(f"block {block} has no _conv{index}")
 
 
+def pair_backbone_layers(reader: TFCheckpointReader, names: dict[str, str],
+                         construction_order: Iterable[tuple[str, nn.Module]], src: str, what: str
+                         ) -> Iterator[tuple[str, str, dict[str, str], nn.Module]]:
+    """(kind, checkpoint layer, its variables, our module) for every backbone layer of a Model Garden checkpoint.
+
+    A Keras checkpoint numbers layers ``layer_with_weights-N`` in an order that is not construction order; the
+    Keras layer name (``conv2d_7``, ``batch_normalization_12``, …) gives each one's type and its rank within the
+    type, which pairs it with the same-rank module of that type in our construction order (SpineNet's and
+    SpineNet-Mobile's alike). Counts per type must agree, or the checkpoint is another variant."""
+    by_type: dict[str, list[tuple[int, str, dict[str, str]]]] = defaultdict(list)
+    for layer, attrs in _group_variables(reader, BACKBONE).items():
+        full = {names.get(k, "") for k in attrs.values()}
+        tops = {f.split("/")[0] for f in full if f}
+        if len(tops) != 1:
+            raise ConversionError(f"{src}: can't tell which Keras layer {BACKBONE}{layer} is (names {sorted(full)})")
+        kind, rank = _layer_rank_key(tops.pop())
+        by_type[kind].append((rank, layer, attrs))
+    ours: dict[str, list[nn.Module]] = defaultdict(list)
+    for kind, module in construction_order:
+        ours[kind].append(module)
+    theirs_n = {k: len(v) for k, v in sorted(by_type.items())}
+    ours_n = {k: len(v) for k, v in sorted(ours.items())}
+    if theirs_n != ours_n:
+        raise ConversionError(f"{src}: layer counts differ from {what}: checkpoint {theirs_n} vs model {ours_n}")
+    for kind, entries in by_type.items():
+        for (_, layer, attrs), module in zip(sorted(entries), ours[kind], strict=True):
+            yield kind, layer, attrs, module
+
+
 def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Module,
                 provenance: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
     """Model Garden tensors -> our state dict (strict: every tensor of the model must be covered).
@@ -224,39 +253,22 @@ def map_weights(reader: TFCheckpointReader, names: dict[str, str], model: nn.Mod
     a = _Assigner(model, src)
     backbone: SpineNet = model.backbone
 
-    # Backbone: Keras layer name of each layer_with_weights-N, then rank within its type.
-    by_type: dict[str, list[tuple[int, str, dict[str, str]]]] = defaultdict(list)
-    for layer, attrs in _group_variables(reader, BACKBONE).items():
-        full = {names.get(k, "") for k in attrs.values()}
-        tops = {f.split("/")[0] for f in full if f}
-        if len(tops) != 1:
-            raise ConversionError(f"{src}: can't tell which Keras layer {BACKBONE}{layer} is (names {sorted(full)})")
-        kind, rank = _layer_rank_key(tops.pop())
-        by_type[kind].append((rank, layer, attrs))
-    ours: dict[str, list[nn.Module]] = defaultdict(list)
-    for kind, module in backbone_layers_in_construction_order(backbone):
-        ours[kind].append(module)
-    theirs_n = {k: len(v) for k, v in sorted(by_type.items())}
-    ours_n = {k: len(v) for k, v in sorted(ours.items())}
-    if theirs_n != ours_n:
-        raise ConversionError(f"{src}: layer counts differ from SpineNet-{backbone.model_id}: "
-                              f"checkpoint {theirs_n} vs model {ours_n}")
-    for kind, entries in by_type.items():
-        for (_, layer, attrs), module in zip(sorted(entries), ours[kind], strict=True):
-            where = f"{BACKBONE}{layer}"
-            if kind == "conv2d":
-                a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
-            elif kind == "batch_normalization":
-                a.bn(module, {f: reader.get_tensor(attrs[f]) for f in BN_FIELDS if f in attrs}, where)
-            else:
-                for suffix, unit in _block_units(module).items():
-                    conv_attr, norm_attr = ("_shortcut", "_norm0") if suffix == "shortcut" else (
-                        f"_conv{suffix}", f"_norm{suffix}")
-                    if f"{conv_attr}/kernel" not in attrs:
-                        raise ConversionError(f"{src}: {where} has no {conv_attr} (is this another variant?)")
-                    a.conv(unit.conv, reader.get_tensor(attrs[f"{conv_attr}/kernel"]), None, f"{where}/{conv_attr}")
-                    a.bn(unit.norm, {f: reader.get_tensor(attrs[f"{norm_attr}/{f}"]) for f in BN_FIELDS
-                                     if f"{norm_attr}/{f}" in attrs}, f"{where}/{norm_attr}")
+    for kind, layer, attrs, module in pair_backbone_layers(reader, names, backbone_layers_in_construction_order(
+            backbone), src, f"SpineNet-{backbone.model_id}"):
+        where = f"{BACKBONE}{layer}"
+        if kind == "conv2d":
+            a.conv(module, reader.get_tensor(attrs["kernel"]), None, where)
+        elif kind == "batch_normalization":
+            a.bn(module, {f: reader.get_tensor(attrs[f]) for f in BN_FIELDS if f in attrs}, where)
+        else:
+            for suffix, unit in _block_units(module).items():
+                conv_attr, norm_attr = ("_shortcut", "_norm0") if suffix == "shortcut" else (
+                    f"_conv{suffix}", f"_norm{suffix}")
+                if f"{conv_attr}/kernel" not in attrs:
+                    raise ConversionError(f"{src}: {where} has no {conv_attr} (is this another variant?)")
+                a.conv(unit.conv, reader.get_tensor(attrs[f"{conv_attr}/kernel"]), None, f"{where}/{conv_attr}")
+                a.bn(unit.norm, {f: reader.get_tensor(attrs[f"{norm_attr}/{f}"]) for f in BN_FIELDS
+                                 if f"{norm_attr}/{f}" in attrs}, f"{where}/{norm_attr}")
 
     map_head(a, reader, model.head)
     if provenance is not None:
